@@ -1,0 +1,5 @@
+import sys
+
+from visionattn.cli import main
+
+sys.exit(main())

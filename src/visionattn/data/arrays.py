@@ -1,0 +1,85 @@
+"""In-memory datasets: the whole split as one uint8 image tensor and one label tensor.
+
+Small-image datasets (Fashion-MNIST is 47 MB) fit in memory many times over; holding them as tensors lets the
+trainer index a batch and augment it with batched tensor ops, with no loader processes at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["ArrayDataset", "DataSplits"]
+
+
+@dataclass
+class ArrayDataset:
+    """Images and labels of one split.
+
+    Args:
+        images: uint8 tensor of shape (N, C, H, W).
+        labels: int64 tensor of shape (N,), values in ``[0, len(classes))``.
+        classes: class names, index = label.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images: got {self.images.dtype} of shape {tuple(self.images.shape)}, needed uint8 "
+                             "of shape (N, C, H, W)")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels: got shape {tuple(self.labels.shape)}, needed ({self.images.shape[0]},) "
+                             "to match the images")
+        self.labels = self.labels.long()
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise ValueError(f"labels: values in [{int(self.labels.min())}, {int(self.labels.max())}], needed "
+                             f"[0, {len(self.classes) - 1}] for {len(self.classes)} classes")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    def subset(self, index: torch.Tensor) -> ArrayDataset:
+        return ArrayDataset(self.images[index], self.labels[index], list(self.classes))
+
+
+@dataclass
+class DataSplits:
+    """A training split, an evaluation split and what the trainer needs to know about them.
+
+    Args:
+        name: what was loaded, e.g. ``"fashion-mnist"`` or a folder path.
+        train: the split the model learns from.
+        test: the split the run reports accuracy on (the test set, or the validation folder or split).
+        source: where the data came from (a directory).
+        skipped: files that could not be read and were left out, as ``"path: reason"``.
+    """
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset
+    source: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.train.image_shape[0]
+
+    def describe(self) -> dict:
+        """A JSON-ready summary for the run's configuration file."""
+        c, h, w = self.train.image_shape
+        return {"name": self.name, "source": self.source, "classes": list(self.train.classes),
+                "num_classes": self.num_classes, "in_chans": c, "image_size": [h, w],
+                "train_size": len(self.train), "test_size": len(self.test), "skipped_files": len(self.skipped)}

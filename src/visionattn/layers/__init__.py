@@ -1,0 +1,35 @@
+"""Attention layers, one file per mechanism; importing this package registers them all."""
+
+from visionattn.layers.bam import BamChannelAttention, BamSpatialAttention, BottleneckAttention
+from visionattn.layers.cbam import CbamChannelAttention, CbamSpatialAttention, ConvBlockAttention
+from visionattn.layers.cond_conv import CondConv2d, ExpertConv2d
+from visionattn.layers.dynamic_conv import DynamicConv2d, TemperatureSchedule, set_temperature
+from visionattn.layers.eca import EfficientChannelAttention, eca_kernel_size
+from visionattn.layers.gather_excite import GatherExcite
+from visionattn.layers.selective_kernel import SelectiveKernel
+from visionattn.layers.split_attention import SplitAttention, SplitAttention0
+from visionattn.layers.squeeze_excite import SEVar1, SEVar2, SEVar3, SqueezeExcite
+
+__all__ = [
+    "SqueezeExcite",
+    "SEVar1",
+    "SEVar2",
+    "SEVar3",
+    "EfficientChannelAttention",
+    "eca_kernel_size",
+    "CbamChannelAttention",
+    "CbamSpatialAttention",
+    "ConvBlockAttention",
+    "BamChannelAttention",
+    "BamSpatialAttention",
+    "BottleneckAttention",
+    "GatherExcite",
+    "SelectiveKernel",
+    "SplitAttention",
+    "SplitAttention0",
+    "ExpertConv2d",
+    "CondConv2d",
+    "DynamicConv2d",
+    "TemperatureSchedule",
+    "set_temperature",
+]

@@ -1,0 +1,148 @@
+"""Pieces every layer shares: argument checks, the bottleneck width, activation lookup, the excite MLP."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LayerSpec",
+    "check_positive_int",
+    "check_feature_map",
+    "make_divisible",
+    "reduced_channels",
+    "get_act_layer",
+    "create_act",
+    "ConvMlp",
+    "pair",
+]
+
+LayerSpec = Union[str, Callable[..., nn.Module], None]
+
+_ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "gelu": nn.GELU,
+    "mish": nn.Mish,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "hard_sigmoid": nn.Hardsigmoid,
+    "hard_swish": nn.Hardswish,
+    "identity": nn.Identity,
+}
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
+    """``7 -> (7, 7)``; a 2-tuple of positive ints passes through; anything else is a ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if not (isinstance(value, (tuple, list)) and len(value) == 2):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return (check_positive_int(name, value[0]), check_positive_int(name, value[1]))
+
+
+def check_feature_map(x: torch.Tensor, channels: int, layer: str) -> None:
+    """Raise a ValueError unless ``x`` is a (B, ``channels``, H, W) tensor."""
+    if x.dim() != 4:
+        raise ValueError(f"{layer} expects a 4-D input (B, C, H, W), got a {x.dim()}-D tensor of shape "
+                         f"{tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"{layer} was built for {channels} input channels, got an input with {x.shape[1]} "
+                         f"channels (shape {tuple(x.shape)})")
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to a multiple of ``divisor`` (never below ``min_value`` nor below ``round_limit * value``).
+
+    With ``divisor=1`` this is plain rounding, so ``channels * rd_ratio`` is kept as the papers write it.
+    """
+    min_value = min_value or divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < round_limit * value:
+        new_value += divisor
+    return new_value
+
+
+def reduced_channels(
+    channels: int, rd_ratio: float = 1 / 16, rd_channels: int | None = None, rd_divisor: int = 1
+) -> int:
+    """The bottleneck width ``C / r`` of an excite MLP, in the community's convention.
+
+    ``rd_channels`` wins when given; otherwise ``channels * rd_ratio`` rounded to a multiple of ``rd_divisor``
+    (1 keeps the papers' exact ``C / r``), and never below 1.
+    """
+    check_positive_int("channels", channels)
+    if rd_channels is not None:
+        return check_positive_int("rd_channels", rd_channels)
+    if isinstance(rd_ratio, bool) or not isinstance(rd_ratio, (int, float)) or not rd_ratio > 0:
+        raise ValueError(f"rd_ratio must be a number > 0, got {rd_ratio!r}")
+    check_positive_int("rd_divisor", rd_divisor)
+    return make_divisible(channels * rd_ratio, rd_divisor, min_value=1, round_limit=0.0)
+
+
+def get_act_layer(spec: LayerSpec, name: str = "act_layer") -> Callable[..., nn.Module]:
+    """Resolve an activation given by name (``"relu"``, ``"sigmoid"``, ...) or as a module class/factory."""
+    if spec is None:
+        return nn.Identity
+    if isinstance(spec, str):
+        try:
+            return _ACTIVATIONS[spec.lower()]
+        except KeyError:
+            raise ValueError(f"{name} {spec!r} is not a known activation; choose one of "
+                             f"{', '.join(sorted(_ACTIVATIONS))} or pass an nn.Module class") from None
+    if callable(spec):
+        return spec
+    raise ValueError(f"{name} must be a name, an nn.Module class or None, got {spec!r}")
+
+
+def create_act(spec: LayerSpec, name: str = "act_layer") -> nn.Module:
+    """Instantiate the activation ``spec`` (see :func:`get_act_layer`)."""
+    return get_act_layer(spec, name)()
+
+
+class ConvMlp(nn.Module):
+    """The excite MLP ``W2 . act(norm(W1 . z))`` written with 1x1 convolutions.
+
+    The papers write it with linear layers on a pooled vector (SE eq. 2.2, CBAM eq. 4.3, BAM eq. 5.1); 1x1
+    convolutions hold the same parameters and also apply it at every position of a gathered map (GE eq. 6.4).
+
+    Args:
+        channels: input and output channels C.
+        hidden: bottleneck width C / r.
+        act_layer: activation between the two layers.
+        norm: put a BatchNorm before the activation (BAM, eq. 5.1).
+        bias: whether the two 1x1 convolutions carry a bias.
+
+    Shape:
+        - Input: (B, C, h, w), usually h = w = 1
+        - Output: (B, C, h, w), no gate applied
+    """
+
+    def __init__(self, channels: int, hidden: int, act_layer: LayerSpec = "relu", norm: bool = False,
+                 bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
+        self.bn = nn.BatchNorm2d(hidden) if norm else nn.Identity()
+        self.act = create_act(act_layer)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.bn(self.fc1(z))))
+
+
+def is_power_of_two(value: int) -> bool:
+    return value > 0 and math.log2(value).is_integer()

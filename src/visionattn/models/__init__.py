@@ -1,0 +1,1 @@
+"""Networks assembled from the layers; importing this package registers them all."""

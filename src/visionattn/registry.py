@@ -1,0 +1,142 @@
+"""Name -> factory registries for attention layers and for models.
+
+A layer registers itself with :func:`register_attn` where it is defined; :func:`create_attn` builds it by name.
+Each entry carries what the generic contract tests need to know about it (whether it needs the input's spatial
+size, whether it changes the channel count or resolution like a convolution, which keyword variants to test), so
+a layer registered later is covered by those tests without extra code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+__all__ = [
+    "Entry",
+    "Registry",
+    "ATTN",
+    "MODELS",
+    "register_attn",
+    "create_attn",
+    "list_attn",
+    "get_attn_entry",
+    "register_model",
+    "create_model",
+    "list_models",
+    "get_model_entry",
+]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered layer or model.
+
+    Args:
+        name: registry name, e.g. ``"se"``.
+        factory: class or function that builds the module.
+        paper: short citation, e.g. ``"Hu et al. 2018, Squeeze-and-Excitation Networks"``.
+        description: one line for tables and the README.
+        family: ``"channel"``, ``"branch"``, ``"self-attention"``, ... (models: ``"resnet"``, ...).
+        needs_spatial_size: the design fixes the input's (H, W); the factory takes ``spatial_size``.
+        conv_like: a drop-in convolution: takes ``out_channels`` and ``stride``, may change C and (H, W).
+        variants: keyword sets the contract tests build besides the defaults.
+        defaults: keyword arguments applied before the caller's (used by named variants of one class).
+        min_channels: smallest channel count the default configuration accepts (for contract tests).
+    """
+
+    name: str
+    factory: Callable[..., nn.Module]
+    paper: str = ""
+    description: str = ""
+    family: str = ""
+    needs_spatial_size: bool = False
+    conv_like: bool = False
+    variants: tuple[Mapping[str, Any], ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    min_channels: int = 1
+
+    def build(self, *args: Any, **kwargs: Any) -> nn.Module:
+        return self.factory(*args, **{**self.defaults, **kwargs})
+
+
+class Registry:
+    """A mapping of names to :class:`Entry`, with a decorator to fill it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def add(self, entry: Entry) -> None:
+        if entry.name in self._entries:
+            raise ValueError(f"{self.kind} name {entry.name!r} is already registered")
+        self._entries[entry.name] = entry
+
+    def register(self, name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+        def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+            self.add(Entry(name=name, factory=factory, **meta))
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown {self.kind} name {name!r}; registered names are: {', '.join(sorted(self._entries))}"
+            ) from None
+
+    def names(self, family: str | None = None) -> list[str]:
+        return sorted(n for n, e in self._entries.items() if family is None or e.family == family)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+ATTN = Registry("attention layer")
+MODELS = Registry("model")
+
+
+def register_attn(name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a layer class (or factory function) under ``name``; see :class:`Entry` for ``meta``."""
+    return ATTN.register(name, **meta)
+
+
+def get_attn_entry(name: str) -> Entry:
+    return ATTN.get(name)
+
+
+def create_attn(name: str, channels: int, **kwargs: Any) -> nn.Module:
+    """Build the attention layer registered as ``name`` for ``channels`` input channels.
+
+    Example:
+        >>> layer = create_attn("se", 64, rd_ratio=1 / 8)
+    """
+    return ATTN.get(name).build(channels, **kwargs)
+
+
+def list_attn(family: str | None = None) -> list[str]:
+    """Sorted names of the registered attention layers, optionally of one ``family`` only."""
+    return ATTN.names(family)
+
+
+def register_model(name: str, **meta: Any) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a model factory under ``name``."""
+    return MODELS.register(name, **meta)
+
+
+def get_model_entry(name: str) -> Entry:
+    return MODELS.get(name)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` (e.g. ``num_classes=10, in_chans=1``)."""
+    return MODELS.get(name).build(**kwargs)
+
+
+def list_models(family: str | None = None) -> list[str]:
+    """Sorted names of the registered models, optionally of one ``family`` only."""
+    return MODELS.names(family)
