@@ -25,8 +25,76 @@ def _layers_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--models", type=_names, help="comma-separated model names")
+    what.add_argument("--layers", type=_names, help="comma-separated layer names ('all' for every layer)")
+    p.add_argument("--input", default=None, help="CxHxW (default 3x224x224 for models, 64x56x56 for layers)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5, help="repetitions; the median is reported")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--csv", default=None, help="also write the table as CSV to this path")
+
+
+def _bench_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from visionattn.bench import bench_layers, bench_models, parse_shape, write_report
+    from visionattn.registry import list_attn
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.models:
+        shape = parse_shape(args.input or "3x224x224")
+        results = bench_models(args.models, shape, args.batch, args.num_classes, args.device, args.warmup, args.reps)
+    else:
+        shape = parse_shape(args.input or "64x56x56")
+        names = list_attn() if args.layers == ["all"] else args.layers
+        results = bench_layers(names, shape, args.batch, args.device, args.warmup, args.reps)
+    print(write_report(results, shape, args, args.csv))
+    return 0
+
+
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="registered model name (see visionattn.list_models())")
+    p.add_argument("--input", default=None, help="CxHxW (default: the model's own, e.g. 3x224x224)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+
+
+def _info_run(args: argparse.Namespace) -> int:
+    from visionattn.bench import parse_shape
+    from visionattn.info import describe
+
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    print(describe(args.model, parse_shape(args.input) if args.input else None, **kwargs))
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from visionattn.recipe import add_train_arguments
+
+    add_train_arguments(p)
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    from visionattn.train import run_cli
+
+    return run_cli(args)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "layers": ("list every registered layer with its parameters and multiply-adds", _layers_args, _layers_run),
+    "bench": ("measure forward and training-step speed and peak memory", _bench_args, _bench_run),
+    "info": ("parameters, multiply-adds and a per-stage table of a model", _info_args, _info_run),
+    "train": ("train a model on Fashion-MNIST or an image folder (torchrun-ready, resumable)", _train_args,
+              _train_run),
 }
 
 

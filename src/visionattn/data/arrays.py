@@ -29,15 +29,16 @@ class ArrayDataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images: got {self.images.dtype} of shape {tuple(self.images.shape)}, needed uint8 "
-                             "of shape (N, C, H, W)")
+            raise ValueError(f"images: got {self.images.dtype} of shape {tuple(self.images.shape)}, "
+                             "needed uint8 of shape (N, C, H, W)")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels: got shape {tuple(self.labels.shape)}, needed ({self.images.shape[0]},) "
-                             "to match the images")
+            raise ValueError(f"labels: got shape {tuple(self.labels.shape)}, "
+                             f"needed ({self.images.shape[0]},) to match the images")
         self.labels = self.labels.long()
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise ValueError(f"labels: values in [{int(self.labels.min())}, {int(self.labels.max())}], needed "
-                             f"[0, {len(self.classes) - 1}] for {len(self.classes)} classes")
+            lo, hi = int(self.labels.min()), int(self.labels.max())
+            raise ValueError(f"labels: values in [{lo}, {hi}], needed [0, {len(self.classes) - 1}] for "
+                             f"{len(self.classes)} classes")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -82,4 +83,5 @@ class DataSplits:
         c, h, w = self.train.image_shape
         return {"name": self.name, "source": self.source, "classes": list(self.train.classes),
                 "num_classes": self.num_classes, "in_chans": c, "image_size": [h, w],
-                "train_size": len(self.train), "test_size": len(self.test), "skipped_files": len(self.skipped)}
+                "train_size": len(self.train), "test_size": len(self.test),
+                "skipped_files": len(self.skipped)}

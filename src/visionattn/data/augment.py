@@ -1,13 +1,14 @@
 """Standard small-image augmentation and normalisation as batched tensor ops.
 
-Random crop with zero padding and horizontal flip (the ResNet CIFAR recipe, He et al. 2016, sec. 4.2) and random
-erasing (Zhong et al. 2020, Algorithm 1: with probability p erase a rectangle of area s ~ U(0.02, 0.33) of the image
-and aspect r, log r ~ U(log 0.3, log 3.3); erased pixels take the value 0 after normalisation, i.e. the mean).
+Random crop with zero padding and horizontal flip (the ResNet CIFAR recipe, He et al. 2016, sec. 4.2) and
+random erasing (Zhong et al. 2020, Algorithm 1: with probability p erase a rectangle of area s ~ U(0.02, 0.33)
+of the image and aspect r, log r ~ U(log 0.3, log 3.3); erased pixels take the value 0 after normalisation, i.e.
+the mean).
 
-The random choices of one epoch are drawn for every *sample* at once from a generator seeded by (seed, epoch), and a
-batch looks its samples' choices up. An image is therefore augmented the same way whatever the batch it lands in,
-the number of processes, or whether the run was interrupted and resumed -- which is what makes resume exact and a
-two-process run comparable to a one-process run.
+The random choices of one epoch are drawn for every *sample* at once from a generator seeded by (seed, epoch),
+and a batch looks its samples' choices up. An image is therefore augmented the same way whatever the batch it
+lands in, the number of processes, or whether the run was interrupted and resumed -- which is what makes resume
+exact and a two-process run comparable to a one-process run.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class Augment:
         return AugmentParams(offsets, flip, torch.stack([y0, x0, eh, ew], dim=1).long())
 
     def __call__(self, images: torch.Tensor, params: AugmentParams, index: torch.Tensor) -> torch.Tensor:
-        """Augment the uint8 batch ``images`` whose samples have dataset indices ``index``; returns float32."""
+        """Augment the uint8 batch ``images`` whose samples have dataset indices ``index``; float32 out."""
         b, _, h, w = images.shape
         x = images
         if self.crop_padding:

@@ -1,8 +1,9 @@
 """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017): 70,000 grey 28x28 images of clothing in 10 classes.
 
-Read from the four official IDX ``.gz`` files. They are looked for in ``--data-dir``, then ``$VISIONATTN_DATA_DIR``,
-then the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), then the download
-cache. :func:`download_fashion_mnist` fetches the official files and checks their MD5 sums before keeping them.
+Read from the four official IDX ``.gz`` files. They are looked for in ``--data-dir``, then
+``$VISIONATTN_DATA_DIR``, then the Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``),
+then the download cache. :func:`download_fashion_mnist` fetches the official files and checks their MD5 sums
+before keeping them.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ __all__ = [
     "download_fashion_mnist",
 ]
 
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
-# MD5 of the files as Zalando publishes them (the sums torchvision and the project's README use). Debian's package
-# re-compresses them, so its .gz sums differ while the decompressed IDX data is the same; local files are therefore
-# checked by their IDX headers, downloads by these sums.
+# MD5 of the files as Zalando publishes them (the sums torchvision and the project's README use). Debian's
+# package re-compresses them, so its .gz sums differ while the decompressed IDX data is the same; local files are
+# therefore checked by their IDX headers, downloads by these sums.
 OFFICIAL_MD5 = {
     "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
@@ -68,15 +71,15 @@ def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
 
 
 def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> Path:
-    """The first candidate directory holding all four files; an explicit ``data_dir`` is the only candidate."""
+    """The first candidate directory holding all four files; an explicit ``data_dir`` is the only one."""
     dirs = [Path(data_dir)] if data_dir else candidate_dirs()
     for folder in dirs:
         if _complete(folder):
             return folder
     raise FileNotFoundError(
-        "Fashion-MNIST not found: looked for " + ", ".join(FILES.values()) + " in " + ", ".join(map(str, dirs))
-        + ". Install it with `apt-get install dataset-fashion-mnist`, point --data-dir or $" + ENV_VAR
-        + " at a folder holding the files, or pass --download")
+        "Fashion-MNIST not found: looked for " + ", ".join(FILES.values())
+        + " in " + ", ".join(map(str, dirs)) + ". Install it with `apt-get install dataset-fashion-mnist`, "
+        + f"point --data-dir or ${ENV_VAR} at a folder holding the files, or pass --download")
 
 
 def _read_split(folder: Path, images_name: str, labels_name: str) -> ArrayDataset:

@@ -5,8 +5,9 @@ Two layouts are understood:
 * ``root/train/<class>/*`` and ``root/val/<class>/*`` (``test`` is accepted for ``val``);
 * ``root/<class>/*``, split into training and validation per class by a fixed seed.
 
-Every image is converted to grey (``L``) or RGB and resized to one size. A file Pillow cannot read is skipped and
-listed once in :attr:`DataSplits.skipped`; a class without a readable image, or no images at all, is an error.
+Every image is converted to grey (``L``) or RGB and resized to one size. A file Pillow cannot read is skipped
+and listed once in :attr:`DataSplits.skipped`; a class without a readable image, or no images at all, is an
+error.
 """
 
 from __future__ import annotations
@@ -50,12 +51,13 @@ def _decode(path: Path, size: tuple[int, int] | None) -> tuple[np.ndarray, bool]
     return np.asarray(rgb, dtype=np.uint8), grey
 
 
-def _read_classes(class_dirs: list[Path], classes: list[str], size: tuple[int, int] | None,
-                  skipped: list[str]) -> tuple[list[np.ndarray], list[int], list[bool], tuple[int, int] | None]:
+def _read_classes(
+    class_dirs: list[Path], classes: list[str], size: tuple[int, int] | None, skipped: list[str]
+) -> tuple[list[np.ndarray], list[int], list[bool], tuple[int, int] | None]:
     pixels, labels, greys = [], [], []
     for class_dir in class_dirs:
         if class_dir.name not in classes:
-            raise DataError(f"{class_dir}: class {class_dir.name!r} is not among the training classes {classes}")
+            raise DataError(f"{class_dir}: class {class_dir.name!r} is not a training class ({classes})")
         count = 0
         for path in _files(class_dir):
             try:
@@ -69,7 +71,7 @@ def _read_classes(class_dirs: list[Path], classes: list[str], size: tuple[int, i
             greys.append(grey)
             count += 1
         if count == 0:
-            raise DataError(f"{class_dir}: class {class_dir.name!r} has no readable image; every class needs one")
+            raise DataError(f"{class_dir}: class {class_dir.name!r} has no readable image; each needs one")
     return pixels, labels, greys, size
 
 
@@ -80,14 +82,14 @@ def _to_dataset(pixels: list[np.ndarray], labels: list[int], grey: bool, classes
 
 
 def _seeded_split(labels: list[int], val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, a fixed-seed shuffle; the first ``round(val_fraction * n)`` (at least 1) go to validation."""
+    """Per class a fixed-seed shuffle; the first ``round(val_fraction * n)`` (at least 1) go to validation."""
     rng = np.random.default_rng(seed)
     labels_np = np.asarray(labels)
     train, val = [], []
     for label in np.unique(labels_np):
         members = rng.permutation(np.flatnonzero(labels_np == label))
         if len(members) < 2:
-            raise DataError(f"class {label} has {len(members)} readable image; a seeded split needs at least 2")
+            raise DataError(f"class {label} has {len(members)} readable image; a split needs at least 2")
         n_val = min(max(1, round(val_fraction * len(members))), len(members) - 1)
         val.append(members[:n_val])
         train.append(members[n_val:])
@@ -123,7 +125,8 @@ def load_image_folder(root: str | os.PathLike, image_size: int | tuple[int, int]
         val_pixels, val_labels, val_greys, _ = _read_classes(_class_dirs(val_root), classes, size, skipped)
     grey = channels == "grey" or (channels == "auto" and all(greys) and (not split or all(val_greys)))
     if split:
-        train, test = _to_dataset(pixels, labels, grey, classes), _to_dataset(val_pixels, val_labels, grey, classes)
+        train = _to_dataset(pixels, labels, grey, classes)
+        test = _to_dataset(val_pixels, val_labels, grey, classes)
     else:
         full = _to_dataset(pixels, labels, grey, classes)
         train_idx, val_idx = _seeded_split(labels, val_fraction, seed)

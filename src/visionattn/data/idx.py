@@ -1,9 +1,9 @@
 """The IDX file format of (Fashion-)MNIST, read and written with every field checked.
 
-An IDX file is a big-endian header -- two zero bytes, a type code, the number of dimensions ``d`` -- then ``d``
-32-bit sizes, then the values in C order. Files may be gzip-compressed (``*.gz``). A truncated, padded or
-mislabelled file raises :class:`DataError` naming the file and what is wrong, so a bad download is caught at load
-time rather than deep inside training.
+An IDX file is a big-endian header -- two zero bytes, a type code, the number of dimensions ``d`` -- then
+``d`` 32-bit sizes, then the values in C order. Files may be gzip-compressed (``*.gz``). A truncated, padded or
+mislabelled file raises :class:`DataError` naming the file and what is wrong, so a bad download is caught at
+load time rather than deep inside training.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ def _read_bytes(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (EOFError, OSError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot decompress ({type(err).__name__}: {err}); the file is truncated or is "
-                        "not gzip data -- delete it and install or download it again") from None
+        raise DataError(f"{path}: cannot decompress ({type(err).__name__}: {err}); the file is truncated or "
+                        "is not gzip data -- delete it and install or download it again") from None
 
 
-def read_idx(path: str | os.PathLike, expect_ndim: int | None = None, dtype_code: int | None = 0x08) -> np.ndarray:
+def read_idx(
+    path: str | os.PathLike, expect_ndim: int | None = None, dtype_code: int | None = 0x08
+) -> np.ndarray:
     """Read one IDX file (plain or ``.gz``) into a numpy array of its declared shape.
 
     Args:
@@ -86,7 +88,7 @@ def read_idx(path: str | os.PathLike, expect_ndim: int | None = None, dtype_code
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Write ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``; the inverse of read_idx."""
+    """Write ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``; inverse of read_idx."""
     path = Path(path)
     array = np.ascontiguousarray(array)
     codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_DTYPES.items()}

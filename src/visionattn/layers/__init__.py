@@ -6,6 +6,7 @@ from visionattn.layers.cond_conv import CondConv2d, ExpertConv2d
 from visionattn.layers.dynamic_conv import DynamicConv2d, TemperatureSchedule, set_temperature
 from visionattn.layers.eca import EfficientChannelAttention, eca_kernel_size
 from visionattn.layers.gather_excite import GatherExcite
+from visionattn.layers.local_attention import LocalSelfAttention2d, RelativeEmbedding2d
 from visionattn.layers.selective_kernel import SelectiveKernel
 from visionattn.layers.split_attention import SplitAttention, SplitAttention0
 from visionattn.layers.squeeze_excite import SEVar1, SEVar2, SEVar3, SqueezeExcite
@@ -32,4 +33,6 @@ __all__ = [
     "DynamicConv2d",
     "TemperatureSchedule",
     "set_temperature",
+    "LocalSelfAttention2d",
+    "RelativeEmbedding2d",
 ]

@@ -19,7 +19,7 @@ from visionattn.registry import register_attn
 
 __all__ = ["DynamicConv2d", "TemperatureSchedule", "set_temperature", "check_temperature"]
 
-_PAPER = "Chen et al. 2020, Dynamic Convolution: Attention over Convolution Kernels"
+_PAPER = "Chen et al. 2020, Dynamic Convolution"
 
 
 def check_temperature(value: object, name: str = "temperature") -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Union
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ __all__ = [
     "pair",
 ]
 
-LayerSpec = Union[str, Callable[..., nn.Module], None]
+LayerSpec = str | Callable[..., nn.Module] | None
 
 _ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "relu": nn.ReLU,

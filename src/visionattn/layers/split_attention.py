@@ -27,7 +27,7 @@ from visionattn.registry import register_attn
 
 __all__ = ["SplitAttention", "SplitAttention0", "split_attention_width"]
 
-_PAPER = "Zhang et al. 2020, ResNeSt: Split-Attention Networks"
+_PAPER = "Zhang et al. 2020, ResNeSt"
 
 
 def split_attention_width(channels: int, radix: int, groups: int, rd_ratio: float = 0.25, min_rd: int = 32,

@@ -1,0 +1,105 @@
+"""Speed and memory of SASA local attention: the fused kernel, the gather reference, and a 3x3 convolution.
+
+For each shape (batch 8, k = 7, 8 heads, fp32) it times the whole layer (its q/k/v projection included),
+forward and forward + backward (the input's gradient too, as inside a network), against the pure-PyTorch
+reference (k^2 gathered copies of keys and values, what the ``unfold`` implementations do) and against a
+same-shape 3x3 convolution, and prints the issue's targets as ratios measured in this one run:
+
+- forward + backward at least 20x faster than the reference;
+- forward + backward no slower than the 3x3 convolution (ratio <= 1.0);
+- peak memory over forward + backward at most 8x the input tensor.
+
+Achieved GFLOP/s (``torch.utils.flop_counter``, with the kernel's registered formulas) print beside
+``torch.mm``'s on a 1024^3 product. Timings are medians; on a shared machine compare the ratios, not the ms.
+
+    python benchmarks/local_attention.py [--reps 5] [--shapes 64x56 128x28] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from visionattn.bench import median_ms, peak_memory_bytes
+from visionattn.kernels.local_attention import kernel_available
+from visionattn.layers.local_attention import LocalSelfAttention2d
+
+SHAPES = ("64x56", "128x28", "256x14", "512x7")
+CPU = torch.device("cpu")
+
+
+def flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, reps: int, memory: bool = True) -> dict:
+    def forward() -> None:
+        with torch.no_grad():
+            module(x)
+
+    def train() -> None:
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        module(x).backward(grad)
+
+    row = {"fwd_ms": median_ms(forward, CPU, 1, reps), "train_ms": median_ms(train, CPU, 1, reps)}
+    row["train_gflops"] = flops(train) / row["train_ms"] / 1e6
+    row["peak_x"] = peak_memory_bytes(train, CPU) / (x.numel() * x.element_size()) if memory else float("nan")
+    return row
+
+
+def mm_gflops(reps: int) -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return 2 * 1024**3 / median_ms(lambda: torch.mm(a, b), CPU, 2, reps) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), help="CxS feature maps (S x S)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--ref-reps", type=int, default=3, help="repetitions of the slow reference")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not kernel_available():
+        raise SystemExit("the C++ kernel could not be built here; nothing to benchmark")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, k=7, 8 heads, fp32; "
+          f"torch.mm 1024^3: {mm_gflops(args.reps):.0f} GFLOP/s")
+    header = ("| shape | kernel fwd / fwd+bwd ms | reference fwd / fwd+bwd ms | conv3x3 fwd / fwd+bwd ms "
+              "| kernel GFLOP/s | speed-up vs ref | vs conv | peak mem (x input): kernel / ref |")
+    print(header)
+    print("|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|")
+    met = []
+    for shape in args.shapes:
+        c, s = (int(v) for v in shape.split("x"))
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, c, s, s, requires_grad=True)
+        grad = torch.randn(args.batch, c, s, s)
+        fast = LocalSelfAttention2d(c, c, kernel_size=7, heads=8, impl="kernel")
+        ref = LocalSelfAttention2d(c, c, kernel_size=7, heads=8, impl="reference")
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        k = measure(fast, x, grad, args.reps)
+        r = measure(ref, x, grad, args.ref_reps)
+        v = measure(conv, x, grad, args.reps, memory=False)
+        speedup, vs_conv = r["train_ms"] / k["train_ms"], k["train_ms"] / v["train_ms"]
+        met.append((shape, speedup >= 20, vs_conv <= 1.0, k["peak_x"] <= 8))
+        print(f"| {shape}x{s} | {k['fwd_ms']:.1f} / {k['train_ms']:.1f} | {r['fwd_ms']:.0f} / {r['train_ms']:.0f} "
+              f"| {v['fwd_ms']:.1f} / {v['train_ms']:.1f} | {k['train_gflops']:.1f} | {speedup:.1f}x "
+              f"| {vs_conv:.2f} | {k['peak_x']:.1f} / {r['peak_x']:.0f} |", flush=True)
+    print()
+    for shape, fast_enough, conv_speed, memory in met:
+        verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+        print(f"{shape}: >= 20x reference {verdict(fast_enough)}; <= 1.0x conv {verdict(conv_speed)}; "
+              f"<= 8x input memory {verdict(memory)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""What ``visionattn info MODEL`` prints: parameters, multiply-adds and a per-stage table of a registered model.
+
+Multiply-adds come from ``torch.utils.flop_counter`` (see :mod:`visionattn.complexity`): convolutions and
+matrix products, one eval-mode forward pass of one image. The stages are the model's top-level children, with
+a top-level ``nn.Sequential`` of composite parts (a ResNet's ``stages``) opened one level.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from visionattn.complexity import count_params, format_table
+from visionattn.registry import create_model, get_model_entry
+
+__all__ = ["ModelInfo", "build_for_input", "model_info", "format_info", "describe"]
+
+InputSize = tuple[int, int, int]
+
+
+@dataclass
+class ModelInfo:
+    """Totals and per-stage rows (``name``, ``output``, ``params``, ``macs``) for one input size."""
+
+    input_size: InputSize
+    params: int
+    macs: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _accepts(factory: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_for_input(name: str, input_size: InputSize | None = None, **kwargs: Any) -> tuple[nn.Module, InputSize]:
+    """Build registered model ``name`` for ``input_size`` (C, H, W), or for its own default input.
+
+    The model's ``in_chans`` and ``img_size`` are set from ``input_size`` where its factory takes them (a
+    layer such as GE-theta's global gather is built for one feature-map size). Returns the model and the
+    input size to feed it.
+    """
+    entry = get_model_entry(name)
+    if input_size is not None:
+        if _accepts(entry.factory, "in_chans"):
+            kwargs.setdefault("in_chans", input_size[0])
+        if _accepts(entry.factory, "img_size"):
+            kwargs.setdefault("img_size", input_size[1:])
+    model = create_model(name, **kwargs)
+    if input_size is None:
+        input_size = tuple(getattr(model, "input_size", (3, 224, 224)))  # type: ignore[assignment]
+    return model, input_size  # type: ignore[return-value]
+
+
+def _stage_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    rows: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        parts = list(child.named_children()) if isinstance(child, nn.Sequential) else []
+        if parts and all(any(True for _ in part.children()) for _, part in parts):
+            rows += parts
+        else:
+            rows.append((name, child))
+    return rows
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return torch.device("cpu") if param is None else param.device
+
+
+@torch.no_grad()
+def model_info(model: nn.Module, input_size: InputSize) -> ModelInfo:
+    """Parameters and multiply-adds of ``model`` for one (1, C, H, W) input, in total and per stage.
+
+    The input is made on the model's device; a model built on the ``meta`` device is counted without any
+    arithmetic (the counts depend on shapes only).
+    """
+    stages = _stage_modules(model)
+    rows = [{"name": n, "output": "-", "params": count_params(m), "macs": 0} for n, m in stages]
+    counter = FlopCounterMode(display=False)
+    start: dict[int, int] = {}
+
+    def pre_hook(i: int):
+        return lambda module, args: start.__setitem__(i, counter.get_total_flops())
+
+    def post_hook(i: int):
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            rows[i]["macs"] += (counter.get_total_flops() - start[i]) // 2
+            if isinstance(out, torch.Tensor):
+                rows[i]["output"] = "x".join(str(s) for s in out.shape[1:])
+        return hook
+
+    handles = []
+    for i, (_, module) in enumerate(stages):
+        handles += [module.register_forward_pre_hook(pre_hook(i)), module.register_forward_hook(post_hook(i))]
+    was_training = model.training
+    model.eval()
+    try:
+        with counter:
+            model(torch.randn(1, *input_size, device=_device(model)))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return ModelInfo(input_size, count_params(model), counter.get_total_flops() // 2, rows)
+
+
+def format_info(name: str, info: ModelInfo) -> str:
+    """The text ``visionattn info`` prints."""
+    entry = get_model_entry(name)
+    c, h, w = info.input_size
+    head = [f"{name}: {entry.description}" + (f" ({entry.paper})" if entry.paper else ""),
+            f"input 1x{c}x{h}x{w}: {info.params:,} parameters ({info.params / 1e6:.3f}M), "
+            f"{info.macs / 1e9:.3f} GMACs",
+            ""]
+    table = format_table(info.rows, ["name", "output", "params", "macs"], human=("params", "macs"))
+    return "\n".join([*head, table])
+
+
+def describe(name: str, input_size: InputSize | None = None, **kwargs: Any) -> str:
+    """Build ``name`` (for ``input_size``, else its default input) and return :func:`format_info`'s text."""
+    model, size = build_for_input(name, input_size, **kwargs)
+    return format_info(name, model_info(model, size))

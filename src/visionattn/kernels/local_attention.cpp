@@ -1,0 +1,232 @@
+// Fused local (windowed) self-attention for the CPU: forward and backward, never k^2 copies of keys or values.
+//
+// Ramachandran et al. 2019, "Stand-Alone Self-Attention in Vision Models", eq. 2-3, per head:
+//   s_w = scale * q . (k_w + r_w),  P = softmax_w(s),  o = sum_w P_w v_w      (w: the k x k window slots)
+// The forward saves only the log-sum-exp of every softmax (as flash attention does); the backward recomputes
+// the logits from it:
+//   dP_w = dO . v_w,  D = dO . o,  dS_w = P_w (dP_w - D),
+//   dq = scale * sum_w dS_w (k_w + r_w),  dk_w += scale dS_w q,  dr_w += scale dS_w q,  dv_w += P_w dO.
+//
+// Layout: the input is the (B, 3C, H, W) output of the q/k/v projection, C = heads * d, in the order
+// (q | k | v); every channel is a contiguous (H, W) plane, so the work for one query row is a set of
+// contiguous, vectorisable loops over x, with the keys of window slot (wy, wx) the key row shifted by wx.
+// One task is one (batch, head) plane; it copies its keys and values into a zero-padded scratch plane, so the
+// borders need no branches ("zero" reads the zeros, "mask" adds -inf to the outside logits) and the backward
+// scatters its key/value gradients without races. "clamp" (neighbourhood attention) moves the window at the
+// border, so its key column depends on x: that case goes through per-axis index tables (a gather).
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "local_attention_generic.h"
+#include "local_attention_vec.h"
+
+namespace {
+
+using namespace lattn;
+
+// ---- the vectorised float path ("mask" / "zero", k in {3, 5, 7, 9}); see local_attention_vec.h ----
+
+template <int K>
+std::vector<float> vec_bias(const Geometry& g, const vec::Layout& l) {
+  std::vector<float> bias(K * l.Wv, 0.0f);
+  for (int64_t wx = 0; wx < K; ++wx)
+    for (int64_t x = 0; x < g.W; ++x)
+      if (!g.cols.ok[x * K + wx]) bias[wx * l.Wv + x] = -std::numeric_limits<float>::infinity();
+  return bias;
+}
+
+template <int K>
+void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, float scale, float* out, float* lse,
+                        int64_t begin, int64_t end) {
+  const vec::Layout l(g.H, g.W, K, g.T, g.d);
+  const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K;
+  std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), Kp(l.d * l.Hp * l.Wk, 0.0f), Vp(l.d * l.Hp * l.Wk, 0.0f);
+  std::vector<float> L(slots * l.Wq, 0.0f), m(l.Wv), s(l.Wv), S(l.Wv);
+  const std::vector<float> bias = vec_bias<K>(g, l);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / g.heads, h = task % g.heads;
+    const float* Q = qkv + (b * 3 * C + h * g.d) * HW;
+    vec::to_query_rows(l, Q, Qq.data());
+    vec::to_key_planes(l, Q + C * HW, Kp.data());
+    vec::to_key_planes(l, Q + 2 * C * HW, Vp.data());
+    const float* R = rel + h * g.T * g.T * g.d;
+    float* O = out + (b * C + h * g.d) * HW;
+    for (int64_t y = 0; y < g.H; ++y) {
+      vec::dots<K, true>(l, g.rows.ok.data(), g.rows.key.data(), g.rows.rel.data(), Qq.data(), Kp.data(), R,
+                         bias.data(), y, scale, ninf, L.data());
+      row_softmax(slots, l.Wv, l.Wq, L.data() + vec::kLp, m.data(), s.data(), S.data());
+      std::memcpy(lse + task * HW + y * g.W, S.data(), g.W * sizeof(float));
+      int64_t dd = 0;
+      for (; dd + 4 <= g.d; dd += 4)
+        vec::weighted_sum<K, 4>(l, g.rows.ok.data(), g.rows.key.data(), L.data(), Vp.data(), y, dd, O);
+      for (; dd < g.d; ++dd)
+        vec::weighted_sum<K, 1>(l, g.rows.ok.data(), g.rows.key.data(), L.data(), Vp.data(), y, dd, O);
+    }
+  }
+}
+
+template <int K>
+void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, const float* out, const float* lse,
+                         const float* gout, float scale, float* gqkv, float* grel_parts, int64_t begin,
+                         int64_t end) {
+  const vec::Layout l(g.H, g.W, K, g.T, g.d);
+  const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K, keys = l.d * l.Hp * l.Wk;
+  std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
+  std::vector<float> Kp(keys, 0.0f), Vp(keys, 0.0f), dKp(keys), dVp(keys);
+  std::vector<float> L(slots * l.Wq, 0.0f), G(slots * l.Wq, 0.0f), D(l.Wv, 0.0f), S(l.Wv, 0.0f);
+  std::vector<vec::v8> dRv(g.T * g.T * g.d);
+  const std::vector<float> bias = vec_bias<K>(g, l);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  const uint8_t* ok = g.rows.ok.data();
+  const int32_t* key = g.rows.key.data();
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t b = task / g.heads, h = task % g.heads;
+    const int64_t q_off = (b * 3 * C + h * g.d) * HW, o_off = (b * C + h * g.d) * HW;
+    vec::to_query_rows(l, qkv + q_off, Qq.data());
+    vec::to_query_rows(l, gout + o_off, dOq.data());
+    vec::to_key_planes(l, qkv + q_off + C * HW, Kp.data());
+    vec::to_key_planes(l, qkv + q_off + 2 * C * HW, Vp.data());
+    std::fill(dKp.begin(), dKp.end(), 0.0f);
+    std::fill(dVp.begin(), dVp.end(), 0.0f);
+    std::fill(dRv.begin(), dRv.end(), vec::v8{});
+    const float* R = rel + h * g.T * g.T * g.d;
+    const float* O = out + o_off;
+    const float* dO = gout + o_off;
+    float* dQ = gqkv + q_off;
+    for (int64_t y = 0; y < g.H; ++y) {
+      vec::dots<K, true>(l, ok, key, g.rows.rel.data(), Qq.data(), Kp.data(), R, bias.data(), y, scale, ninf,
+                         L.data());
+      std::memcpy(S.data(), lse + task * HW + y * g.W, g.W * sizeof(float));
+      row_probs(slots, l.Wv, l.Wq, S.data(), L.data() + vec::kLp);
+      vec::dots<K, false>(l, ok, key, nullptr, dOq.data(), Vp.data(), nullptr, nullptr, y, 1.0f, 0.0f, G.data());
+      std::fill(D.begin(), D.end(), 0.0f);
+      for (int64_t dd = 0; dd < g.d; ++dd)
+        for (int64_t x = 0; x < g.W; ++x) D[x] += dO[(dd * g.H + y) * g.W + x] * O[(dd * g.H + y) * g.W + x];
+      for (int64_t w = 0; w < slots; ++w) {
+        float* Gw = G.data() + w * l.Wq + vec::kLp;
+        const float* Pw = L.data() + w * l.Wq + vec::kLp;
+#pragma omp simd
+        for (int64_t x = 0; x < l.Wv; ++x) Gw[x] = scale * Pw[x] * (Gw[x] - D[x]);
+      }
+      int64_t dd = 0;
+      for (; dd + 4 <= g.d; dd += 4) {
+        vec::grad_query<K, 4>(l, ok, key, g.rows.rel.data(), G.data(), Qq.data(), Kp.data(), R, y, dd, dQ,
+                              dRv.data());
+        vec::grad_key_value<K, 4>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
+                                  dVp.data());
+      }
+      for (; dd < g.d; ++dd) {
+        vec::grad_query<K, 1>(l, ok, key, g.rows.rel.data(), G.data(), Qq.data(), Kp.data(), R, y, dd, dQ,
+                              dRv.data());
+        vec::grad_key_value<K, 1>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
+                                  dVp.data());
+      }
+    }
+    vec::from_key_planes(l, dKp.data(), gqkv + q_off + C * HW);
+    vec::from_key_planes(l, dVp.data(), gqkv + q_off + 2 * C * HW);
+    float* dR = grel_parts + task * g.T * g.T * g.d;
+    for (int64_t i = 0; i < g.T * g.T * g.d; ++i) dR[i] = vec::hsum(dRv[i]);
+  }
+}
+
+// Runs f(std::integral_constant<int, K>) for the vectorised window sizes; false if k is not one of them.
+template <typename F>
+bool with_vec_kernel(const Geometry& g, F f) {
+  if (!g.regular) return false;
+  switch (g.k) {
+    case 3: f(std::integral_constant<int, 3>()); return true;
+    case 5: f(std::integral_constant<int, 5>()); return true;
+    case 7: f(std::integral_constant<int, 7>()); return true;
+    case 9: f(std::integral_constant<int, 9>()); return true;
+    default: return false;
+  }
+}
+
+Geometry checked_geometry(const torch::Tensor& qkv, const torch::Tensor& rel, int64_t heads, int64_t k,
+                          int64_t border) {
+  TORCH_CHECK(qkv.dim() == 4 && qkv.is_contiguous() && qkv.device().is_cpu(),
+              "qkv must be a contiguous (B, 3C, H, W) CPU tensor");
+  TORCH_CHECK(k % 2 == 1 && k >= 1, "kernel_size must be odd, got ", k);
+  TORCH_CHECK(border >= kMask && border <= kClamp, "border must be 0 (mask), 1 (zero) or 2 (clamp)");
+  TORCH_CHECK(qkv.size(1) % (3 * heads) == 0, "qkv channels must be 3 * heads * d");
+  const int64_t d = qkv.size(1) / (3 * heads);
+  Geometry g = make_geometry(qkv.size(2), qkv.size(3), k, d, heads, border);
+  TORCH_CHECK(rel.is_contiguous() && rel.dim() == 4 && rel.size(0) == heads && rel.size(1) == g.T &&
+                  rel.size(2) == g.T && rel.size(3) == d,
+              "rel must be a contiguous (heads, T, T, d) tensor");
+  TORCH_CHECK(rel.scalar_type() == qkv.scalar_type(), "rel and qkv must share a dtype");
+  return g;
+}
+
+std::vector<torch::Tensor> local_attention_forward(torch::Tensor qkv, torch::Tensor rel, int64_t heads,
+                                                   int64_t kernel_size, int64_t border, double scale) {
+  const Geometry g = checked_geometry(qkv, rel, heads, kernel_size, border);
+  const int64_t B = qkv.size(0);
+  auto out = torch::empty({B, heads * g.d, g.H, g.W}, qkv.options());
+  auto lse = torch::empty({B, heads, g.H, g.W}, qkv.options());
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "local_attention_forward", [&] {
+    const scalar_t* q = qkv.data_ptr<scalar_t>();
+    const scalar_t* r = rel.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* s = lse.data_ptr<scalar_t>();
+    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        const bool done = with_vec_kernel(g, [&](auto K) {
+          forward_planes_vec<decltype(K)::value>(g, q, r, static_cast<float>(scale), o, s, begin, end);
+        });
+        if (done) return;
+      }
+      forward_planes<scalar_t>(g, q, r, static_cast<scalar_t>(scale), o, s, begin, end);
+    });
+  });
+  return {out, lse};
+}
+
+std::vector<torch::Tensor> local_attention_backward(torch::Tensor grad_out, torch::Tensor qkv, torch::Tensor rel,
+                                                    torch::Tensor out, torch::Tensor lse, int64_t heads,
+                                                    int64_t kernel_size, int64_t border, double scale) {
+  const Geometry g = checked_geometry(qkv, rel, heads, kernel_size, border);
+  TORCH_CHECK(grad_out.is_contiguous() && out.is_contiguous() && lse.is_contiguous(),
+              "grad_out, out and lse must be contiguous");
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == qkv.scalar_type(),
+              "grad_out must match the output");
+  const int64_t B = qkv.size(0);
+  auto gqkv = torch::empty_like(qkv);
+  auto parts = torch::zeros({B, heads, g.T, g.T, g.d}, qkv.options());
+  AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "local_attention_backward", [&] {
+    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        const bool done = with_vec_kernel(g, [&](auto K) {
+          backward_planes_vec<decltype(K)::value>(g, qkv.data_ptr<float>(), rel.data_ptr<float>(),
+                                                  out.data_ptr<float>(), lse.data_ptr<float>(),
+                                                  grad_out.data_ptr<float>(), static_cast<float>(scale),
+                                                  gqkv.data_ptr<float>(), parts.data_ptr<float>(), begin, end);
+        });
+        if (done) return;
+      }
+      backward_planes<scalar_t>(g, qkv.data_ptr<scalar_t>(), rel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                lse.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
+                                static_cast<scalar_t>(scale), gqkv.data_ptr<scalar_t>(),
+                                parts.data_ptr<scalar_t>(), begin, end);
+    });
+  });
+  return {gqkv, parts.sum(0)};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &local_attention_forward, "fused local attention forward: (out, lse)");
+  m.def("backward", &local_attention_backward, "fused local attention backward: (grad_qkv, grad_rel)");
+}

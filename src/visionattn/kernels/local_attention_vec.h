@@ -1,0 +1,186 @@
+// The vectorised float path of local_attention.cpp for windows that do not move ("mask" and "zero" borders)
+// and k in {3, 5, 7, 9}: 8-lane vectors over x (GCC vector extensions, so any x86-64 compiles it; AVX2 + FMA
+// when the build enables them), register blocking over the k window columns (forward logits, dP) and over
+// channels (outputs, dq), and key-centred gathers for dk / dv so that no store overlaps a later load.
+//
+// Row layouts per (batch, head) plane, all zero-initialised:
+//   query rows  [d][H][Wq]   x at kLp + x          (q, dO; the softmax rows L and dS rows G use [k^2][Wq])
+//   key planes  [d][Hp][Wk]  padded column x + wx  (k, v, dk, dv)
+// with Wv = W rounded up to 8, Wk = Wv + 2c rounded up to 8, Wq = kLp + Wk. Lanes x >= W compute on zeros
+// and are dropped on the way out; their dO is zero, so they add nothing to any gradient.
+
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace vec {
+
+typedef float v8 __attribute__((vector_size(32)));
+constexpr int64_t kLp = 8;  // left margin of the query rows: the key-centred gathers read x - wx >= -8
+
+inline v8 ld(const float* p) { v8 v; std::memcpy(&v, p, sizeof(v8)); return v; }
+inline void st(float* p, v8 v) { std::memcpy(p, &v, sizeof(v8)); }
+inline v8 bc(float s) { return v8{s, s, s, s, s, s, s, s}; }
+inline float hsum(v8 v) { float s = 0; for (int i = 0; i < 8; ++i) s += v[i]; return s; }
+inline int64_t up8(int64_t n) { return (n + 7) / 8 * 8; }
+
+// exp of 8 lanes: Cephes' single-precision polynomial after range reduction by powers of 2 (about 1 ulp);
+// inputs below -87, including -inf, give exactly 0.
+typedef int32_t i8 __attribute__((vector_size(32)));
+inline v8 vexp(v8 x0) {
+  v8 x = x0 < -87.0f ? bc(-87.0f) : x0;
+  x = x > 88.0f ? bc(88.0f) : x;
+  const v8 t = x * 1.44269504088896341f + 0.5f;
+  v8 fx = __builtin_convertvector(__builtin_convertvector(t, i8), v8);
+  fx = fx > t ? fx - 1.0f : fx;  // floor
+  x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
+  const v8 z = x * x;
+  v8 y = x * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  const i8 bits = (__builtin_convertvector(fx, i8) + 127) << 23;
+  const v8 r = y * reinterpret_cast<const v8&>(bits);
+  return x0 < -87.0f ? v8{} : r;
+}
+
+struct Layout {
+  int64_t H, W, k, c, T, d, Hp, Wv, Wk, Wq;
+  Layout(int64_t H_, int64_t W_, int64_t k_, int64_t T_, int64_t d_)
+      : H(H_), W(W_), k(k_), c(k_ / 2), T(T_), d(d_), Hp(H_ + k_ - 1), Wv(up8(W_)), Wk(up8(up8(W_) + k_ - 1)),
+        Wq(kLp + up8(up8(W_) + k_ - 1)) {}
+  int64_t qrow(int64_t dd, int64_t y) const { return (dd * H + y) * Wq + kLp; }
+  int64_t krow(int64_t dd, int64_t ky) const { return (dd * Hp + ky) * Wk; }
+};
+
+// (H, W) planes -> query rows / key planes (zeros around); and back.
+inline void to_query_rows(const Layout& l, const float* src, float* dst) {
+  for (int64_t dd = 0; dd < l.d; ++dd)
+    for (int64_t y = 0; y < l.H; ++y) std::memcpy(dst + l.qrow(dd, y), src + (dd * l.H + y) * l.W, l.W * 4);
+}
+inline void to_key_planes(const Layout& l, const float* src, float* dst) {
+  for (int64_t dd = 0; dd < l.d; ++dd)
+    for (int64_t y = 0; y < l.H; ++y)
+      std::memcpy(dst + l.krow(dd, y + l.c) + l.c, src + (dd * l.H + y) * l.W, l.W * 4);
+}
+inline void from_key_planes(const Layout& l, const float* src, float* dst) {
+  for (int64_t dd = 0; dd < l.d; ++dd)
+    for (int64_t y = 0; y < l.H; ++y)
+      std::memcpy(dst + (dd * l.H + y) * l.W, src + l.krow(dd, y + l.c) + l.c, l.W * 4);
+}
+inline void store_lanes(float* dst, v8 v, int64_t n) {
+  if (n >= 8) st(dst, v);
+  else for (int64_t i = 0; i < n; ++i) dst[i] = v[i];
+}
+
+// L[wy, wx][x] = scale * a(y, x) . (b_(ky, x + wx) + r) + bias, over the valid window rows (others: `fill`).
+// With REL = false (dP = dO . v) there is no r, no scale and no bias.
+template <int K, bool REL>
+void dots(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel, const float* A,
+          const float* B, const float* R, const float* bias, int64_t y, float scale, float fill, float* L) {
+  for (int64_t wy = 0; wy < K; ++wy) {
+    if (!row_ok[y * K + wy]) {
+      for (int64_t wx = 0; wx < K; ++wx) {
+        float* row = L + (wy * K + wx) * l.Wq + kLp;
+        std::fill(row, row + l.Wv, fill);
+      }
+      continue;
+    }
+    const int64_t ky = row_key[y * K + wy], rr = row_rel[y * K + wy];
+    for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+      v8 acc[K] = {};
+      for (int64_t dd = 0; dd < l.d; ++dd) {
+        const v8 a = ld(A + l.qrow(dd, y) + x0);
+        const float* b = B + l.krow(dd, ky) + x0;
+        if (REL) {
+          const float* r = R + rr * l.T * l.d + dd;
+          for (int wx = 0; wx < K; ++wx) acc[wx] += a * (ld(b + wx) + bc(r[wx * l.d]));
+        } else {
+          for (int wx = 0; wx < K; ++wx) acc[wx] += a * ld(b + wx);
+        }
+      }
+      for (int wx = 0; wx < K; ++wx) {
+        float* out = L + (wy * K + wx) * l.Wq + kLp + x0;
+        st(out, REL ? acc[wx] * bc(scale) + ld(bias + wx * l.Wv + x0) : acc[wx]);
+      }
+    }
+  }
+}
+
+// out(dd, y, x) = sum_w P_w(x) v_w(dd, x): blocks of DB channels share each load of P.
+template <int K, int DB>
+void weighted_sum(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const float* P, const float* V,
+                  int64_t y, int64_t dd0, float* O) {
+  for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+    v8 acc[DB] = {};
+    for (int64_t wy = 0; wy < K; ++wy) {
+      if (!row_ok[y * K + wy]) continue;
+      const int64_t ky = row_key[y * K + wy];
+      for (int wx = 0; wx < K; ++wx) {
+        const v8 p = ld(P + (wy * K + wx) * l.Wq + kLp + x0);
+        for (int j = 0; j < DB; ++j) acc[j] += p * ld(V + l.krow(dd0 + j, ky) + x0 + wx);
+      }
+    }
+    for (int j = 0; j < DB; ++j) store_lanes(O + ((dd0 + j) * l.H + y) * l.W + x0, acc[j], l.W - x0);
+  }
+}
+
+// dq(dd, y, x) = sum_w G_w(x) (k_w + r_w)(dd),  dRv[w, dd] += G_w(x) q(dd, x) (8 lanes, summed at the end).
+template <int K, int DB>
+void grad_query(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel,
+                const float* G, const float* Qq, const float* Kp, const float* R, int64_t y, int64_t dd0, float* dQ,
+                v8* dRv) {
+  for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+    v8 acc[DB] = {}, q[DB];
+    for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
+    for (int64_t wy = 0; wy < K; ++wy) {
+      if (!row_ok[y * K + wy]) continue;
+      const int64_t ky = row_key[y * K + wy], rr = row_rel[y * K + wy];
+      for (int wx = 0; wx < K; ++wx) {
+        const v8 g = ld(G + (wy * K + wx) * l.Wq + kLp + x0);
+        const int64_t t = (rr * l.T + wx) * l.d + dd0;
+        for (int j = 0; j < DB; ++j) {
+          acc[j] += g * (ld(Kp + l.krow(dd0 + j, ky) + x0 + wx) + bc(R[t + j]));
+          dRv[t + j] += g * q[j];
+        }
+      }
+    }
+    for (int j = 0; j < DB; ++j) store_lanes(dQ + ((dd0 + j) * l.H + y) * l.W + x0, acc[j], l.W - x0);
+  }
+}
+
+// dk(ky, kx) += sum_wx G_(wy,wx)(kx - wx) q(kx - wx),  dv likewise with P and dO: gathered per key chunk.
+template <int K, int DB>
+void grad_key_value(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const float* G, const float* P,
+                    const float* Qq, const float* dOq, int64_t y, int64_t dd0, float* dKp, float* dVp) {
+  for (int64_t wy = 0; wy < K; ++wy) {
+    if (!row_ok[y * K + wy]) continue;
+    const int64_t ky = row_key[y * K + wy];
+    for (int64_t kx0 = 0; kx0 < l.Wk; kx0 += 8) {
+      v8 ak[DB], av[DB];
+      for (int j = 0; j < DB; ++j) {
+        ak[j] = ld(dKp + l.krow(dd0 + j, ky) + kx0);
+        av[j] = ld(dVp + l.krow(dd0 + j, ky) + kx0);
+      }
+      for (int wx = 0; wx < K; ++wx) {
+        const int64_t xs = kLp + kx0 - wx;
+        const v8 g = ld(G + (wy * K + wx) * l.Wq + xs), p = ld(P + (wy * K + wx) * l.Wq + xs);
+        for (int j = 0; j < DB; ++j) {
+          ak[j] += g * ld(Qq + l.qrow(dd0 + j, y) - kLp + xs);
+          av[j] += p * ld(dOq + l.qrow(dd0 + j, y) - kLp + xs);
+        }
+      }
+      for (int j = 0; j < DB; ++j) {
+        st(dKp + l.krow(dd0 + j, ky) + kx0, ak[j]);
+        st(dVp + l.krow(dd0 + j, ky) + kx0, av[j]);
+      }
+    }
+  }
+}
+
+}  // namespace vec

@@ -1,0 +1,156 @@
+"""Stand-alone self-attention: the local attention layer that replaces a spatial convolution.
+
+Ramachandran et al. 2019, "Stand-Alone Self-Attention in Vision Models" (SASA), eq. 2-3: each pixel's query
+attends to the k x k window around it; queries, keys and values are 1x1 projections, heads split the
+channels, and a 2D relative embedding enters the logits on the key side,
+
+    y_ij = sum_{(a, b) in N_k(i, j)} softmax_ab( q_ij . (k_ab + r_{a-i, b-j}) ) v_ab,
+
+with r_{a-i, b-j} the concatenation of a row-offset and a column-offset embedding of d_out / 2 each. A stride
+> 1 is attention at full resolution followed by 2x2 average pooling, as in the paper.
+
+The computation runs in a fused C++ kernel on the CPU (:mod:`visionattn.kernels.local_attention`); the
+pure-PyTorch reference (:mod:`visionattn.layers.local_attention_ref`) is the test oracle and the fallback.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from visionattn.kernels.local_attention import fused_local_attention, kernel_available
+from visionattn.layers.helpers import check_feature_map, check_positive_int
+from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size
+from visionattn.registry import register_attn
+
+__all__ = ["IMPLS", "local_attention", "LocalSelfAttention2d", "RelativeEmbedding2d"]
+
+IMPLS = ("auto", "kernel", "reference")
+_PAPER = "Ramachandran et al. 2019, Stand-Alone Self-Attention in Vision Models"
+_warned_device: set[str] = set()
+
+
+def local_attention(qkv: torch.Tensor, rel: torch.Tensor, heads: int, kernel_size: int, border: str = "mask",
+                    scale: float = 1.0, impl: str = "auto") -> torch.Tensor:
+    """Local attention of stacked (q | k | v) projections, on the fastest path available.
+
+    Args:
+        qkv: the q, k and v projections concatenated along the channels, each ``heads * d`` wide.
+        rel: (heads, T, T, d) relative embeddings (T = k, or 2k - 1 for ``border="clamp"``).
+        heads: number of heads.
+        kernel_size: window size k (odd).
+        border: ``"mask"``, ``"zero"`` or ``"clamp"`` (see :mod:`visionattn.layers.local_attention_ref`).
+        scale: factor on the logits.
+        impl: ``"kernel"`` (the C++ kernel, CPU), ``"reference"`` (plain PyTorch), or ``"auto"``: the kernel
+            on the CPU when it can be built, else the reference with a warning.
+
+    Shape:
+        - Input: qkv (B, 3 * heads * d, H, W)
+        - Output: (B, heads * d, H, W)
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    use_kernel = impl == "kernel" or (impl == "auto" and qkv.device.type == "cpu" and kernel_available())
+    if use_kernel:
+        return fused_local_attention(qkv, rel, heads, kernel_size, border, scale)
+    if impl == "auto" and qkv.device.type not in _warned_device:
+        _warned_device.add(qkv.device.type)
+        warnings.warn(f"no fused local attention kernel for {qkv.device.type} tensors here; using the slow "
+                      f"pure-PyTorch reference", RuntimeWarning, stacklevel=2)
+    q, k, v = qkv.chunk(3, dim=1)
+    return local_attention_reference(q, k, v, rel, kernel_size, border, scale)
+
+
+class RelativeEmbedding2d(nn.Module):
+    """The 2D relative embedding r_{a-i, b-j} of SASA: a row-offset and a column-offset table of d_out / 2
+    channels each, concatenated, then split into heads like the keys they are added to.
+
+    Args:
+        channels: d_out, even.
+        heads: number of heads; ``channels`` must divide into them.
+        size: offsets per axis (k, or 2k - 1 when the window is clamped at the border).
+
+    Shape:
+        - Output: (heads, size, size, channels / heads)
+    """
+
+    def __init__(self, channels: int, heads: int, size: int) -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"out_channels must be even (half row, half column embedding), got {channels}")
+        self.heads = heads
+        self.rows = nn.Parameter(torch.randn(size, channels // 2))
+        self.cols = nn.Parameter(torch.randn(size, channels // 2))
+
+    def forward(self) -> torch.Tensor:
+        size = self.rows.shape[0]
+        table = torch.cat([self.rows[:, None].expand(-1, size, -1), self.cols[None, :].expand(size, -1, -1)], -1)
+        return rearrange(table, "u v (h d) -> h u v d", h=self.heads).contiguous()
+
+
+@register_attn("sasa", paper=_PAPER, family="self-attention", conv_like=True, min_channels=8,
+               description="Local k x k multi-head self-attention with 2D relative embeddings (SASA)",
+               variants=({"border": "zero"}, {"border": "clamp"}, {"stride": 2, "out_channels": 16},
+                         {"kernel_size": 3, "heads": 2, "impl": "reference"}))
+class LocalSelfAttention2d(nn.Module):
+    """Stand-alone local self-attention (SASA eq. 2-3), a drop-in for a k x k convolution.
+
+    Args:
+        in_channels: d_in.
+        out_channels: d_out (default d_in); even and divisible by ``heads``.
+        kernel_size: the window k (odd); the paper uses 7.
+        heads: attention heads N; each gets d_out / N channels of q, k, v and r.
+        stride: 1, or the size of the average pooling after the attention (the paper: 2).
+        border: ``"mask"`` (outside positions leave the softmax), ``"zero"`` (zero padding, as the common open
+            implementations) or ``"clamp"`` (the window shifts inwards, neighbourhood attention).
+        qk_scale: factor on the logits; None is (d_out / N)^-1/2.
+        groups: accepted for the convolution signature; must be 1.
+        impl: ``"auto"``, ``"kernel"`` or ``"reference"`` (see :func:`local_attention`).
+
+    Shape:
+        - Input: (B, in_channels, H, W)
+        - Output: (B, out_channels, ceil(H / stride), ceil(W / stride))
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 7, heads: int = 8,
+                 stride: int = 1, border: str = "mask", qk_scale: float | None = None, groups: int = 1,
+                 impl: str = "auto") -> None:
+        super().__init__()
+        check_positive_int("in_channels", in_channels)
+        out_channels = in_channels if out_channels is None else check_positive_int("out_channels", out_channels)
+        check_positive_int("kernel_size", kernel_size)
+        check_positive_int("heads", heads)
+        check_positive_int("stride", stride)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (a window centred on its pixel), got {kernel_size}")
+        if out_channels % heads or (out_channels // heads) == 0:
+            raise ValueError(f"out_channels must be divisible by heads, got out_channels={out_channels}, "
+                             f"heads={heads}")
+        if border not in BORDERS:
+            raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+        if groups != 1:
+            raise ValueError(f"groups must be 1 for local self-attention (heads split the channels), got {groups}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.heads, self.stride, self.border, self.impl = kernel_size, heads, stride, border, impl
+        self.scale = (out_channels // heads) ** -0.5 if qk_scale is None else float(qk_scale)
+        self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)
+        self.rel = RelativeEmbedding2d(out_channels, heads, rel_table_size(kernel_size, border))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_feature_map(x, self.in_channels, "LocalSelfAttention2d")
+        # the 1x1 projection as one matrix product: on the CPU its backward is faster than a 1x1 convolution's
+        qkv = torch.matmul(self.qkv.weight.flatten(1), x.flatten(2)).unflatten(2, x.shape[2:])
+        out = local_attention(qkv, self.rel(), self.heads, self.kernel_size, self.border, self.scale, self.impl)
+        if self.stride > 1:
+            out = F.avg_pool2d(out, self.stride, self.stride, ceil_mode=True)
+        return out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, heads={self.heads}, "
+                f"stride={self.stride}, border={self.border!r}")

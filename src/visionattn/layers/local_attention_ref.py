@@ -1,0 +1,111 @@
+"""Local (windowed) self-attention in plain PyTorch: the reference the fast kernels are tested against.
+
+Ramachandran et al. 2019, "Stand-Alone Self-Attention in Vision Models", eq. 2-3: for every pixel (i, j),
+
+    y_ij = sum_{(a, b) in N_k(i, j)} softmax_ab( q_ij . (k_ab + r_{a-i, b-j}) ) v_ab,
+
+per head, where N_k(i, j) is the k x k window centred on (i, j) and r the relative embedding of the offset.
+This file gathers the k^2 keys and values of every window explicitly: simple to read and slow, so it is only
+the oracle of the tests and the fallback where no kernel can be built.
+
+How the window meets the border is the ``border`` argument (``BORDERS``):
+
+- ``"mask"``: positions outside the image are left out of the softmax (the default);
+- ``"zero"``: the image is zero-padded, so outside positions take part with k = v = 0 but keep their relative
+  embedding (logit q . r); this is what the common ``unfold``-based open implementations compute;
+- ``"clamp"``: the window is shifted to stay inside the image, so every pixel sees k x k real neighbours
+  (neighbourhood attention, Hassani et al. 2023); the offsets then reach +-(k - 1), so the relative table
+  has 2k - 1 entries per axis instead of k.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+
+__all__ = ["BORDERS", "rel_table_size", "window_index", "local_attention_reference"]
+
+BORDERS = ("mask", "zero", "clamp")
+
+
+def rel_table_size(kernel_size: int, border: str) -> int:
+    """Entries per axis of the relative table: k, or 2k - 1 for ``"clamp"`` (offsets up to +-(k - 1))."""
+    return 2 * kernel_size - 1 if border == "clamp" else kernel_size
+
+
+def _axis_index(size: int, kernel_size: int, border: str) -> tuple[torch.Tensor, ...]:
+    """For every query position i (rows) and window slot w (columns) along one axis: the key position, whether
+    it lies in the image, whether it takes part in the softmax, and its index in the relative table."""
+    c = kernel_size // 2
+    i = torch.arange(size)[:, None]
+    w = torch.arange(kernel_size)[None, :]
+    if border == "clamp":
+        start = (i - c).clamp(0, max(size - kernel_size, 0))
+        pos = start + w
+        rel = pos - i + kernel_size - 1
+    else:
+        pos = i - c + w
+        rel = w.expand(size, kernel_size)
+    inside = (pos >= 0) & (pos < size)
+    attends = inside if border != "zero" else torch.ones_like(inside)
+    return pos.clamp(0, size - 1), inside, attends, rel
+
+
+@torch.compiler.disable  # integer bookkeeping: as graph constants it trips inductor's range analysis
+def window_index(height: int, width: int, kernel_size: int, border: str) -> tuple[torch.Tensor, ...]:
+    """Gather indices of the k x k windows of an (H, W) map, flattened row-major.
+
+    Returns:
+        key: (HW, k^2) flat index of each window slot's key (clamped into the image; see ``inside``).
+        inside: (HW, k^2) the slot lies in the image.
+        attends: (HW, k^2) the slot takes part in the softmax.
+        rel: (HW, k^2) flat index into the (T, T) relative table, T = :func:`rel_table_size`.
+    """
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+    ry, iy, ay, rely = _axis_index(height, kernel_size, border)
+    rx, ix, ax, relx = _axis_index(width, kernel_size, border)
+    t = rel_table_size(kernel_size, border)
+
+    def outer(a: torch.Tensor, b: torch.Tensor, op) -> torch.Tensor:
+        return rearrange(op(a[:, None, :, None], b[None, :, None, :]), "y x u v -> (y x) (u v)")
+
+    key = outer(ry, rx, lambda a, b: a * width + b)
+    inside = outer(iy, ix, torch.logical_and)
+    attends = outer(ay, ax, torch.logical_and)
+    rel = outer(rely, relx, lambda a, b: a * t + b)
+    return key, inside, attends, rel
+
+
+def local_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor,
+                              kernel_size: int, border: str = "mask", scale: float = 1.0) -> torch.Tensor:
+    """Local attention by gathering every window (k^2 copies of keys and values).
+
+    Args:
+        q, k, v: (B, heads * d, H, W) queries, keys and values, heads split along the channels.
+        rel: (heads, T, T, d) relative embeddings r, T = :func:`rel_table_size`.
+        kernel_size: k, odd.
+        border: ``"mask"``, ``"zero"`` or ``"clamp"`` (module docstring).
+        scale: factor on the logits ``q . (k + r)``.
+
+    Shape:
+        - Input: q, k, v (B, heads * d, H, W); rel (heads, T, T, d)
+        - Output: (B, heads * d, H, W)
+    """
+    heads, _, _, d = rel.shape
+    _, _, height, width = q.shape
+    key, inside, attends, rel_idx = (t.to(q.device) for t in window_index(height, width, kernel_size, border))
+    q, k, v = (rearrange(t, "b (h d) y x -> b h (y x) d", h=heads) for t in (q, k, v))
+    keep = inside[..., None].to(q.dtype)  # zero padding: outside keys and values are 0
+
+    def gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (..., N, d) -> (..., HW, k^2, d)
+        return t.index_select(-2, index.flatten()).unflatten(-2, index.shape)
+
+    k_win = gather(k, key) * keep  # (B, heads, HW, k^2, d)
+    v_win = gather(v, key) * keep
+    r_win = gather(rearrange(rel, "h u v d -> h (u v) d"), rel_idx)  # (heads, HW, k^2, d)
+    logits = torch.einsum("bhpd,bhpwd->bhpw", q, k_win + r_win) * scale
+    logits = logits.masked_fill(~attends, float("-inf"))
+    attn = logits.softmax(dim=-1)
+    out = torch.einsum("bhpw,bhpwd->bhpd", attn, v_win)
+    return rearrange(out, "b h (y x) d -> b (h d) y x", y=height)

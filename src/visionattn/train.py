@@ -1,0 +1,331 @@
+"""The trainer behind ``visionattn train``: data-parallel, checkpointed and exactly resumable.
+
+One process or many under ``torchrun`` run the same code. Each epoch the training set is ordered by PyTorch's
+``DistributedSampler`` (seeded by seed + epoch) and every process takes its share of each global batch; the
+augmentation of every image is fixed by (seed, epoch, image), see :mod:`visionattn.data.augment`. A checkpoint
+holds the weights, the optimizer and schedule, the global RNG states and the position in the epoch, so a run
+killed at any moment and resumed computes exactly what the uninterrupted run computes (on CPU with the same
+thread count; GPU kernels may not be bitwise deterministic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from visionattn import distributed
+from visionattn.checkpoint import CheckpointDir, CheckpointError, capture_rng, restore_rng, save_weights
+from visionattn.data import Augment, DataSplits, Normalize, channel_stats, epoch_generator, load_dataset
+from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args
+from visionattn.registry import create_model
+from visionattn.runlog import RunLog, default_run_dir
+
+__all__ = ["train", "run_cli", "TrainResult", "Trainer"]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run hands back: the trained model, its per-epoch history and where it was written."""
+
+    model: nn.Module
+    history: list[dict[str, Any]]
+    test_acc: float
+    run_dir: Path
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _temperature_schedule(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> Any | None:
+    """The DY-CNN temperature schedule, stepped every iteration, when ``model`` has dynamic convolutions."""
+    try:
+        from visionattn.layers.dynamic_conv import DynamicConv2d, TemperatureSchedule
+    except ImportError:
+        return None
+    if not any(isinstance(m, DynamicConv2d) for m in model.modules()):
+        return None
+    steps = max(1, round(min(cfg.temperature_epochs, cfg.epochs) * steps_per_epoch))
+    return TemperatureSchedule(model, num_steps=steps)
+
+
+class Trainer:
+    """One training run (use :func:`train`); the attributes under "position" are what a checkpoint restores."""
+
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, run_dir: Path, resume: bool = False) -> None:
+        self.cfg, self.info = cfg, info
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.log = RunLog(run_dir, enabled=info.is_main)
+        self.data = self._load_data()
+        self._build_model()
+        self.ckpt = CheckpointDir(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        # position
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.elapsed = 0.0
+        self.synced = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen: this epoch, up to last sync
+        self.local = torch.zeros(3, dtype=torch.float64, device=info.device)  # since the last sync
+        if resume and self.ckpt.exists():
+            self._restore(self.ckpt.load(self.model, cfg.model))
+        elif resume:
+            self.log.info(f"no checkpoint in {self.ckpt.folder} yet: starting from the beginning")
+        self._write_config()
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _load_data(self) -> DataSplits:
+        cfg = self.cfg
+        data = load_dataset(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
+                            channels=cfg.channels, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        for line in data.skipped:
+            self.log.warning(f"skipped unreadable file {line}")
+        summary = data.describe()
+        self.log.info(f"data {summary['name']} from {summary['source']}: {summary['train_size']} train / "
+                      f"{summary['test_size']} test images, {summary['num_classes']} classes, "
+                      f"{summary['in_chans']}x{summary['image_size'][0]}x{summary['image_size'][1]}, "
+                      f"{len(data.skipped)} files skipped")
+        self.mean, self.std = channel_stats(data.train.images)
+        normalize = Normalize(self.mean, self.std)
+        self.normalize = normalize
+        self.augment = Augment(normalize, cfg.crop_padding, cfg.flip, cfg.erasing)
+        self.train_images = data.train.images.to(self.info.device)
+        self.test_images = data.test.images.to(self.info.device)
+        return data
+
+    def _build_model(self) -> None:
+        cfg, info = self.cfg, self.info
+        per_rank, remainder = divmod(cfg.batch_size, info.world_size)
+        if remainder:
+            raise ValueError(f"batch_size: got {cfg.batch_size}, needed a multiple of the {info.world_size} "
+                             "processes")
+        self.batch = per_rank
+        self.sampler = DistributedSampler(self.data.train, num_replicas=info.world_size, rank=info.rank,
+                                          shuffle=True, seed=cfg.seed, drop_last=False)
+        self.steps_per_epoch = len(self.sampler) // per_rank
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"batch_size: got {cfg.batch_size}, needed at most the {len(self.data.train)} "
+                             "training images")
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # identical initial weights in every process
+        self.model = create_model(cfg.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
+                                  **cfg.model_args).to(info.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.temperature = _temperature_schedule(self.model, cfg, self.steps_per_epoch)
+        self.net = self.model
+        if info.enabled:
+            ids = [info.device.index] if info.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def _write_config(self) -> None:
+        params = sum(p.numel() for p in self.model.parameters())
+        self.log.info(f"model {self.cfg.model}: {params / 1e6:.3f} M parameters; {self.info.world_size} "
+                      f"process(es) on {self.info.device}; {self.steps_per_epoch} steps per epoch")
+        self.log.write_json("config.json", {
+            "config": self.cfg.to_dict(), "data": self.data.describe(), "normalize": {"mean": self.mean,
+                                                                                     "std": self.std},
+            "model": {"name": self.cfg.model, "parameters": params, "class": type(self.model).__name__},
+            "world_size": self.info.world_size, "device": str(self.info.device),
+            "steps_per_epoch": self.steps_per_epoch, "torch": torch.__version__})
+
+    # ------------------------------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "temperature": self.temperature.state_dict() if self.temperature else None,
+                "rng": capture_rng(), "accum": self.synced.clone(), "history": self.history,
+                "elapsed_s": self.elapsed, "config": self.cfg.to_dict()}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.temperature is not None and state.get("temperature"):
+            self.temperature.load_state_dict(state["temperature"])
+        restore_rng(state["rng"])
+        # the synced sums are global: count them once, on rank 0
+        self.synced = state["accum"].clone() if self.info.is_main else torch.zeros(3, dtype=torch.float64)
+        self.history, self.elapsed = list(state["history"]), float(state["elapsed_s"])
+        if self.info.is_main and self.history:  # the kill may have come between the checkpoint and this file
+            self.log.write_metrics(self.history)
+        self.log.info(f"resumed from step {self.global_step} (epoch {self.epoch + 1}, step {self.step_in_epoch} "
+                      f"of {self.steps_per_epoch})")
+
+    def _sync_accum(self) -> None:
+        """Fold every process's running sums into rank 0's (a collective: all processes call it together)."""
+        summed = torch.tensor(distributed.all_reduce_sum(self.local.tolist(), self.info.device),
+                              dtype=torch.float64)
+        if self.info.is_main:
+            self.synced += summed
+        self.local.zero_()
+
+    def _checkpoint(self) -> None:
+        self._sync_accum()
+        if self.info.is_main:
+            self.ckpt.save(self.global_step, self.model, self._state(), {"model": self.cfg.model})
+
+    # --------------------------------------------------------------------------------------------- the loop
+    def _forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return net(images).float()
+
+    def _train_step(self, index: torch.Tensor, params: Any) -> torch.Tensor:
+        images = self.augment(self.train_images[index.to(self.info.device)], params, index)
+        labels = self.data.train.labels[index].to(self.info.device)
+        logits = self._forward(self.net, images)
+        loss = self.criterion(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.temperature is not None:
+            self.temperature.step()
+        n = labels.numel()
+        self.local += torch.stack([loss.detach().double() * n, (logits.argmax(1) == labels).sum().double(),
+                                   torch.tensor(float(n), dtype=torch.float64, device=labels.device)])
+        return loss.detach()
+
+    def _train_epoch(self, bar: Any) -> None:
+        """Run the rest of epoch ``self.epoch`` from ``self.step_in_epoch``, checkpointing every few steps."""
+        self.sampler.set_epoch(self.epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        params = self.augment.sample(len(self.data.train), self.data.train.image_shape[1:],
+                                     epoch_generator(self.cfg.seed, self.epoch))
+        self.net.train()
+        while self.step_in_epoch < self.steps_per_epoch:
+            start = self.step_in_epoch * self.batch
+            loss = self._train_step(order[start:start + self.batch], params)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            bar.update(1)
+            if bar.n % 20 == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.4f}")
+            if self.global_step % self.cfg.ckpt_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+                self._checkpoint()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """(loss, accuracy) on the test split; each process takes every world_size-th image, then they sum."""
+        self.model.eval()  # the bare module: DDP's forward is a collective and the shards may differ in length
+        index = torch.arange(self.info.rank, len(self.data.test), self.info.world_size)
+        total = torch.zeros(3, dtype=torch.float64, device=self.info.device)
+        for chunk in index.split(self.cfg.eval_batch_size):
+            logits = self._forward(self.model, self.normalize(self.test_images[chunk.to(self.info.device)]))
+            labels = self.data.test.labels[chunk].to(self.info.device)
+            loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+            total += torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(),
+                                  torch.tensor(float(len(chunk)), dtype=torch.float64, device=labels.device)])
+        loss_sum, correct, count = distributed.all_reduce_sum(total.tolist(), self.info.device)
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def _end_epoch(self, seconds: float) -> dict[str, Any]:
+        self._sync_accum()
+        loss_sum, correct, seen = distributed.all_reduce_sum(self.synced.tolist(), self.info.device)
+        test_loss, test_acc = self.evaluate()
+        row = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss_sum / seen,
+               "train_acc": correct / seen, "test_loss": test_loss, "test_acc": test_acc,
+               "lr": self.scheduler.get_last_lr()[0], "time_s": round(seconds, 3)}
+        if self.temperature is not None:
+            row["temperature"] = self.temperature.temperature
+        self.history.append(row)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.synced.zero_()
+        if self.info.is_main:
+            self.ckpt.save(self.global_step, self.model, self._state(), {"model": self.cfg.model})
+            self.log.write_metrics(self.history)
+        self.log.info(f"epoch {row['epoch']}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} acc "
+                      f"{100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
+                      f"| {seconds:.1f}s")
+        return row
+
+    def run(self) -> TrainResult:
+        """Train from the current position to the last epoch, then write the final weights and result."""
+        from tqdm import tqdm
+
+        show = self.info.is_main and self.cfg.progress
+        epochs = tqdm(total=self.cfg.epochs, initial=self.epoch, desc="epochs", unit="ep", disable=not show)
+        while self.epoch < self.cfg.epochs:
+            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
+                       unit="step", leave=False, disable=not show, mininterval=1.0)
+            start = time.perf_counter()
+            self._train_epoch(bar)
+            bar.close()
+            row = self._end_epoch(time.perf_counter() - start)
+            self.elapsed += row["time_s"]
+            epochs.update(1)
+            epochs.set_postfix(test_acc=f"{100 * row['test_acc']:.2f}%")
+        epochs.close()
+        distributed.check_replicas_in_sync(self.model, self.info.device)
+        return self._finish()
+
+    def _finish(self) -> TrainResult:
+        accs = [row["test_acc"] for row in self.history]
+        result = {"model": self.cfg.model, "data": self.data.name, "epochs": len(self.history),
+                  "test_acc": accs[-1] if accs else float("nan"), "best_test_acc": max(accs, default=float("nan")),
+                  "train_time_s": round(self.elapsed, 1), "world_size": self.info.world_size,
+                  "device": str(self.info.device)}
+        if self.info.is_main:
+            save_weights(self.log.folder / "model.safetensors", self.model, {"model": self.cfg.model})
+            self.log.write_json("result.json", result)
+            self.log.info(f"done: test accuracy {100 * result['test_acc']:.2f}% after {result['epochs']} epochs, "
+                          f"{result['train_time_s']:.0f}s of training; run directory {self.log.folder}")
+        self.log.close()
+        return TrainResult(self.model, self.history, result["test_acc"], self.log.folder, self.elapsed, result)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+    """Train ``cfg.model`` on ``cfg.data`` with ``cfg``'s recipe; in one process, or in each under torchrun.
+
+    With ``resume``, ``cfg.run_dir`` must be an earlier run's directory; training continues from its last
+    checkpoint (or from the start when it has none).
+    """
+    info = distributed.setup(cfg.device)
+    try:
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else distributed.broadcast_object(default_run_dir(cfg.model))
+        cfg.run_dir = str(run_dir)
+        return Trainer(cfg, info, run_dir, resume=resume).run()
+    finally:
+        distributed.teardown()
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: {path} does not exist; needed the directory of an earlier run")
+    try:
+        return dict(json.loads(path.read_text())["config"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable run configuration ({err})") from None
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``visionattn train``: build the config from the parsed options (or the resumed run's), train, report."""
+    try:
+        if args.resume:
+            saved = _saved_config(Path(args.resume))
+            saved["run_dir"] = args.resume
+            cfg = config_from_args(args, saved)
+        else:
+            cfg = config_from_args(args)
+        train(cfg, resume=bool(args.resume))  # the run log's last line gives the accuracy and the directory
+    except (ValueError, FileNotFoundError) as err:  # DataError and CheckpointError are ValueErrors
+        print(f"visionattn train: error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,194 @@
+"""SASA local attention: the reference against a dense float64 oracle, the fused kernel against the reference
+(forward and gradients, every border mode), the layer's stride, borders and FLOP count."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import visionattn.layers.local_attention as la
+from visionattn.complexity import count_macs
+from visionattn.kernels.local_attention import _fwd, kernel_available
+from visionattn.layers.local_attention import LocalSelfAttention2d, local_attention
+from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size
+
+needs_kernel = pytest.mark.skipif(not kernel_available(), reason="the C++ kernel cannot be built here")
+
+
+def _inputs(b, heads, d, h, w, k, border, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = rel_table_size(k, border)
+    qkv = torch.randn(b, 3 * heads * d, h, w, generator=g, dtype=dtype)
+    rel = torch.randn(heads, t, t, d, generator=g, dtype=dtype)
+    return qkv, rel
+
+
+def _window(i: int, n: int, k: int, border: str) -> list[tuple[int, int]]:
+    """(key position, relative index) along one axis, written out from the definitions."""
+    c = k // 2
+    if border == "clamp":
+        start = min(max(i - c, 0), max(n - k, 0))
+        return [(a, a - i + k - 1) for a in range(start, min(start + k, n))]
+    keys = [(i + o, o + c) for o in range(-c, c + 1)]
+    return keys if border == "zero" else [(a, r) for a, r in keys if 0 <= a < n]
+
+
+def dense_oracle(qkv, rel, heads, k, border, scale):
+    """float64 dense attention over every pixel (and the zero padding), masked to each query's window."""
+    qkv, rel = qkv.double(), rel.double()
+    b, c3, h, w = qkv.shape
+    d, p = c3 // 3 // heads, k // 2
+    q, key, val = (t.reshape(b, heads, d, h, w) for t in qkv.chunk(3, dim=1))
+    # keys and values of the zero-padded image, flattened; the query sees the padded positions of its window
+    kp = torch.nn.functional.pad(key, (p, p, p, p)).flatten(3)
+    vp = torch.nn.functional.pad(val, (p, p, p, p)).flatten(3)
+    wp = w + 2 * p
+    out = torch.zeros(b, heads, d, h, w, dtype=torch.float64)
+    for y in range(h):
+        for x in range(w):
+            logits = torch.full((b, heads, kp.shape[-1]), float("-inf"), dtype=torch.float64)
+            for a, ry in _window(y, h, k, border):
+                for c, rx in _window(x, w, k, border):
+                    j = (a + p) * wp + c + p
+                    logits[:, :, j] = scale * (q[:, :, :, y, x] * (kp[:, :, :, j] + rel[None, :, ry, rx])).sum(-1)
+            attn = logits.softmax(-1)
+            out[:, :, :, y, x] = torch.einsum("bhj,bhdj->bhd", attn, vp)
+    return out.reshape(b, heads * d, h, w)
+
+
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("size,k", [((5, 4), 3), ((4, 6), 5), ((3, 5), 7)])
+def test_reference_matches_dense_oracle(border, size, k):
+    qkv, rel = _inputs(2, 2, 3, *size, k, border)
+    q, kk, v = qkv.chunk(3, dim=1)
+    ref = local_attention_reference(q, kk, v, rel, k, border, scale=0.5)
+    torch.testing.assert_close(ref, dense_oracle(qkv, rel, 2, k, border, 0.5), rtol=1e-10, atol=1e-10)
+
+
+def _grads(fn, qkv, rel, seed=3):
+    qkv, rel = qkv.clone().requires_grad_(True), rel.clone().requires_grad_(True)
+    out = fn(qkv, rel)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
+    return (out, *torch.autograd.grad((out * weight).sum(), (qkv, rel)))
+
+
+@needs_kernel
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("heads,d,size,k", [(2, 3, (5, 4), 7), (2, 4, (9, 11), 3), (1, 5, (13, 10), 5),
+                                            (2, 8, (7, 17), 7), (1, 2, (11, 12), 9), (1, 3, (6, 14), 11)])
+def test_kernel_matches_reference(border, dtype, heads, d, size, k):
+    qkv, rel = _inputs(2, heads, d, *size, k, border, dtype=dtype)
+    got = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.6, impl="kernel"), qkv, rel)
+    want = _grads(lambda a, r: local_attention(a.double(), r.double(), heads, k, border, 0.6, impl="reference"),
+                  qkv, rel)
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for name, a, b in zip(("output", "grad qkv", "grad rel"), got, want):
+        assert a.dtype == dtype, name
+        torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@needs_kernel
+def test_kernel_op_passes_opcheck():
+    qkv, rel = _inputs(2, 2, 3, 6, 5, 3, "mask")
+    torch.library.opcheck(_fwd, (qkv.requires_grad_(True), rel.requires_grad_(True), 2, 3, 0, 0.5))
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_layer_stride_is_attention_then_average_pool(impl):
+    if impl == "kernel" and not kernel_available():
+        pytest.skip("no kernel")
+    torch.manual_seed(0)
+    strided = LocalSelfAttention2d(8, 16, kernel_size=3, heads=4, stride=2, impl=impl)
+    full = LocalSelfAttention2d(8, 16, kernel_size=3, heads=4, stride=1, impl=impl)
+    full.load_state_dict(strided.state_dict())
+    x = torch.randn(2, 8, 7, 6)
+    out = strided(x)
+    assert out.shape == (2, 16, 4, 3)
+    y = full(x)
+    torch.testing.assert_close(out[:, :, 1, 1], y[:, :, 2:4, 2:4].mean((2, 3)))
+    torch.testing.assert_close(out[:, :, 3, 2], y[:, :, 6, 4:6].mean(2))  # the odd last row: one row pooled
+
+
+@needs_kernel
+@pytest.mark.parametrize("border", BORDERS)
+def test_layer_kernel_and_reference_agree_with_parameter_gradients(border):
+    torch.manual_seed(0)
+    fast = LocalSelfAttention2d(16, 16, kernel_size=7, heads=4, border=border, impl="kernel")
+    slow = LocalSelfAttention2d(16, 16, kernel_size=7, heads=4, border=border, impl="reference")
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 16, 9, 8)
+    outs = [m(x) for m in (fast, slow)]
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for out in outs:
+        out.square().sum().backward()
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def _uniform(border: str, size=(5, 5), k=3):
+    """q = 0: every logit is 0, so each output is the plain mean of the values the border mode lets in."""
+    qkv, rel = _inputs(1, 1, 1, *size, k, border)
+    qkv[:, 0] = 0
+    q, kk, v = qkv.chunk(3, dim=1)
+    return local_attention_reference(q, kk, v, rel, k, border), v[0, 0]
+
+
+def test_border_modes_differ_only_at_the_border():
+    (mask, v), (zero, _), (clamp, _) = (_uniform(b) for b in BORDERS)
+    inner = (slice(None), slice(None), slice(1, 4), slice(1, 4))
+    torch.testing.assert_close(mask[inner], zero[inner])
+    torch.testing.assert_close(mask[inner], clamp[inner])
+    # the corner (0, 0): mask averages its 4 in-image neighbours; zero pads 5 zeros into a mean over 9;
+    # clamp shifts the window to rows and columns 0-2, 9 real neighbours
+    torch.testing.assert_close(mask[0, 0, 0, 0], v[:2, :2].mean())
+    torch.testing.assert_close(zero[0, 0, 0, 0], v[:2, :2].sum() / 9)
+    torch.testing.assert_close(clamp[0, 0, 0, 0], v[:3, :3].mean())
+    assert not torch.allclose(mask[0, 0, 0], zero[0, 0, 0])
+
+
+def test_clamp_relative_table_covers_shifted_offsets():
+    layer = LocalSelfAttention2d(8, kernel_size=7, heads=2, border="clamp")
+    assert layer.rel.rows.shape == (13, 4) and layer.rel().shape == (2, 13, 13, 4)
+    assert LocalSelfAttention2d(8, kernel_size=7, heads=2).rel().shape == (2, 7, 7, 4)
+
+
+def test_relative_embedding_is_row_then_column_halves():
+    layer = LocalSelfAttention2d(8, kernel_size=3, heads=2)
+    table = layer.rel()  # head 0 holds the row embedding, head 1 the column embedding (d_out / 2 each)
+    torch.testing.assert_close(table[0, 2, 0], layer.rel.rows[2])
+    torch.testing.assert_close(table[1, 0, 1], layer.rel.cols[1])
+
+
+@pytest.mark.parametrize("kwargs,match", [({"kernel_size": 4}, "odd"), ({"heads": 3}, "divisible by heads"),
+                                          ({"border": "reflect"}, "border"), ({"groups": 2}, "groups"),
+                                          ({"impl": "cuda"}, "impl"), ({"out_channels": 7, "heads": 7}, "even")])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LocalSelfAttention2d(8, **kwargs)
+
+
+def test_fallback_warns_and_matches_reference(monkeypatch):
+    monkeypatch.setattr(la, "kernel_available", lambda: False)
+    monkeypatch.setattr(la, "_warned_device", set())
+    qkv, rel = _inputs(1, 2, 2, 5, 5, 3, "mask", dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="reference"):
+        out = local_attention(qkv, rel, 2, 3)
+    q, k, v = qkv.chunk(3, dim=1)
+    torch.testing.assert_close(out, local_attention_reference(q, k, v, rel, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        local_attention(qkv, rel, 2, 3)  # warned once per device type
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_flop_count_is_projection_plus_attention(impl):
+    if impl == "kernel" and not kernel_available():
+        pytest.skip("no kernel")
+    c, h, w, k = 16, 6, 5, 3
+    layer = LocalSelfAttention2d(c, kernel_size=k, heads=4, impl=impl)
+    projection = 3 * c * c * h * w
+    attention = 2 * c * h * w * k * k  # q . (k + r) and the weighted sum of values, per output element
+    assert count_macs(layer, torch.randn(1, c, h, w)) == projection + attention

@@ -1,0 +1,160 @@
+"""Where the plug puts each layer, the ResNet options, the small-image versions and the argument checks.
+
+Structure is checked on models built on the ``meta`` device (no memory, no arithmetic); forward passes use
+the small-image models.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import visionattn
+from visionattn.layers import (
+    BottleneckAttention,
+    CondConv2d,
+    DynamicConv2d,
+    GatherExcite,
+    SelectiveKernel,
+    SplitAttention,
+    SqueezeExcite,
+)
+from visionattn.models import BasicBlock, Bottleneck, ResNet
+
+
+def _meta(name: str, **kwargs) -> nn.Module:
+    with torch.device("meta"):
+        return visionattn.create_model(name, **kwargs)
+
+
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+
+
+def _located(model: nn.Module, kind: type) -> list[str]:
+    return [name for name, m in model.named_modules() if isinstance(m, kind)]
+
+
+def test_se_sits_in_every_block_before_the_addition():
+    model = _meta("se_resnet50")
+    blocks = _blocks(model)
+    assert len(blocks) == 16
+    assert all(isinstance(b.attn, SqueezeExcite) for b in blocks)
+    assert len(_located(model, SqueezeExcite)) == 16
+
+
+def test_bam_sits_only_at_the_ends_of_the_first_stages():
+    assert _located(_meta("bam_resnet50"), BottleneckAttention) == [
+        "stages.stage1.3", "stages.stage2.4", "stages.stage3.6"]
+    assert _located(_meta("bam_resnet20"), BottleneckAttention) == ["stages.stage1.3", "stages.stage2.3"]
+
+
+def test_attn_where_overrides_the_papers_placement():
+    model = _meta("resnet50", attn="se", attn_where="stage")
+    assert _located(model, SqueezeExcite) == ["stages.stage1.3", "stages.stage2.4", "stages.stage3.6"]
+
+
+def test_sknet_replaces_each_3x3_with_a_grouped_selective_kernel():
+    model = _meta("sknet50")
+    for block in _blocks(model):
+        sk = block.branch[1]
+        assert isinstance(sk, SelectiveKernel)  # no BN/ReLU added: SK brings its own
+        assert [b[0].groups for b in sk.split.branches] == [32, 32]
+        assert [b[0].dilation for b in sk.split.branches] == [(1, 1), (2, 2)]
+    assert len(_located(model, SelectiveKernel)) == 16
+
+
+def test_resnest_recipe():
+    model = _meta("resnest50")
+    convs = [m for m in model.stem.convs if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64]  # deep stem
+    pooled = 0
+    for block in _blocks(model):
+        splat = block.branch[1]
+        assert isinstance(splat, SplitAttention) and splat.radix == 2 and splat.groups == 1
+        if isinstance(block.shortcut, nn.Sequential) and isinstance(block.shortcut[0], nn.AvgPool2d):
+            pooled += 1  # average-pool shortcut (ResNet-D) in each strided block ...
+            assert isinstance(block.branch[2], nn.AvgPool2d)  # ... and avd: a 3x3 pool after the SplAt
+    assert pooled == 3
+
+
+@pytest.mark.parametrize("name,kind", [("condconv_resnet50", CondConv2d), ("dynamic_conv_resnet18", DynamicConv2d)])
+def test_expert_convs_replace_every_block_conv_but_not_stem_or_shortcut(name, kind):
+    model = _meta(name)
+    blocks = _blocks(model)
+    per_block = 3 if isinstance(blocks[0], Bottleneck) else 2
+    assert len(_located(model, kind)) == per_block * len(blocks)
+    assert all(not isinstance(m, kind) for m in model.stem.modules())
+    assert all(not isinstance(m, kind) for b in blocks for m in b.shortcut.modules())
+
+
+def test_ge_theta_global_gather_spans_each_blocks_feature_map():
+    for name, img, sizes in [("ge_theta_resnet50", 224, [56, 28, 14, 7]), ("ge_theta_resnet20", 28, [28, 14, 7])]:
+        model = _meta(name, img_size=img)
+        assert all(isinstance(b.attn, GatherExcite) for b in _blocks(model))
+        kernels = sorted({b.attn.gather[0].kernel_size for b in _blocks(model)}, reverse=True)
+        assert kernels == [(s, s) for s in sizes]
+
+
+def test_ge_theta_rejects_an_input_of_another_size():
+    model = visionattn.create_model("ge_theta_resnet20").eval()
+    model(torch.randn(1, 1, 28, 28))
+    with pytest.raises(ValueError, match="spatial_size"):
+        model(torch.randn(1, 1, 32, 32))
+
+
+def test_small_image_versions_default_to_fashion_mnist_and_take_cifar():
+    model = visionattn.create_model("cbam_resnet20").eval()
+    assert model.input_size == (1, 28, 28) and model.num_classes == 10
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert [f["reduction"] for f in model.feature_info] == [1, 2, 4]
+    cifar = visionattn.create_model("resnest29", in_chans=3, img_size=32, num_classes=100).eval()
+    assert cifar(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+    assert isinstance(cifar.stem.pool, nn.Identity)
+
+
+def test_resnet20_is_the_cifar_size():
+    n = sum(p.numel() for p in visionattn.create_model("resnet20", in_chans=3).parameters())
+    assert 0.265e6 < n < 0.275e6  # He et al. 2016 sec. 4.2: 0.27M
+
+
+def test_imagenet_stages_and_features():
+    model = _meta("resnet50d")
+    assert [f["num_chs"] for f in model.feature_info] == [256, 512, 1024, 2048]
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    assert model.num_features == 2048
+    features = visionattn.create_model("resnet18", num_classes=0).eval()(torch.randn(1, 3, 64, 64))
+    assert features.shape == (1, 512)
+
+
+def test_zero_init_last_zeroes_each_branchs_last_bn():
+    model = visionattn.create_model("se_resnet20", zero_init_last=True)
+    assert all(not b.last_bn().weight.detach().any() for b in _blocks(model))
+    x = torch.randn(2, 1, 28, 28)
+    model.eval()
+    assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"block": "dense"}, "block must be one of"),
+    ({"layers": (2, 2), "widths": (64,)}, "one entry per stage"),
+    ({"attn": "nope"}, "unknown attention layer name 'nope'"),
+    ({"attn": "se", "attn_where": "conv"}, "attn_where='conv' does not fit 'se'"),
+    ({"attn": "sk", "attn_where": "block"}, "attn_where='block' does not fit 'sk'"),
+    ({"attn_kwargs": {"rd_ratio": 0.5}}, "need an attn layer"),
+    ({"attn": "se", "attn_where": "everywhere"}, "attn_where must be one of"),
+    ({"stem_type": "wide"}, "stem_type must be"),
+    ({"num_classes": -1}, "num_classes"),
+    ({"block": "basic", "groups": 32}, "BasicBlock supports groups=1"),
+])
+def test_bad_arguments_raise_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        with torch.device("meta"):
+            ResNet(**kwargs)
+
+
+def test_wrong_input_channels_raise_a_value_error():
+    model = visionattn.create_model("resnet20")
+    with pytest.raises(ValueError, match="in_chans"):
+        model(torch.randn(1, 3, 28, 28))

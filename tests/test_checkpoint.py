@@ -1,0 +1,137 @@
+"""Checkpoints: atomic writes, weights-only loading, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests.engine_support import TinyNet
+from visionattn import checkpoint as ckpt
+from visionattn.checkpoint import CheckpointDir, CheckpointError
+
+
+def _model(seed: int = 0, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    return TinyNet(**kw)
+
+
+def _equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = ckpt.atomic_write(tmp_path / "f.bin", b"old content")
+
+    def crash(src, dst):
+        raise KeyboardInterrupt("killed between write and rename")
+
+    monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.atomic_write(path, b"new content that never lands")
+    assert path.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]  # no temporary file left
+
+
+def test_weights_round_trip_with_metadata(tmp_path):
+    a, b = _model(0, norm=True), _model(1, norm=True)
+    assert not _equal(a, b)
+    ckpt.save_weights(tmp_path / "w.safetensors", a, {"model": "tiny", "step": 7})
+    meta = ckpt.load_weights(tmp_path / "w.safetensors", b, model_name="tiny")
+    assert _equal(a, b) and meta["step"] == "7"
+    assert (tmp_path / "w.safetensors").read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    path = ckpt.save_weights(tmp_path / "w.safetensors", _model(), {"model": "tiny"})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: not a readable safetensors file.*truncated"):
+        ckpt.load_weights(path, _model())
+
+
+def test_weights_of_another_model_or_shape(tmp_path):
+    path = ckpt.save_weights(tmp_path / "w.safetensors", _model(norm=True), {"model": "tiny_bn"})
+    with pytest.raises(CheckpointError, match="written for model 'tiny_bn', this run builds 'resnet20'"):
+        ckpt.load_weights(path, _model(norm=True), model_name="resnet20")
+    with pytest.raises(CheckpointError, match=r"tensors the model does not have.*features\.1\."):
+        ckpt.load_weights(path, _model(norm=False))
+    path = ckpt.save_weights(tmp_path / "w10.safetensors", _model(num_classes=10), {"model": "tiny"})
+    with pytest.raises(CheckpointError, match=r"w10.safetensors.*head\.weight: file \(10, 16\) vs model \(7, 16\)"):
+        ckpt.load_weights(path, _model(num_classes=7), model_name="tiny")
+
+
+def test_state_is_loaded_weights_only(tmp_path):
+    state = {"epoch": 2, "opt": {"lr": 0.1, "buf": torch.arange(3.0)}, "rng": ckpt.capture_rng(), "h": [{"a": 1}]}
+    path = ckpt.save_state(tmp_path / "s.pt", state)
+    back = ckpt.load_state(path)
+    assert back["epoch"] == 2 and torch.equal(back["opt"]["buf"], torch.arange(3.0))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"s\.pt: not a readable trainer state"):
+        ckpt.load_state(path)
+
+
+class Payload:  # a pickle that would run code on load; weights_only refuses it
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_state_with_arbitrary_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Payload()}, path, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="evil.pt: not a readable trainer state"):
+        ckpt.load_state(path)
+
+
+def test_rng_capture_and_restore():
+    saved = ckpt.capture_rng()
+    first = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.restore_rng(saved)
+    second = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
+
+
+def test_checkpoint_dir_follows_the_pointer_and_prunes(tmp_path):
+    folder = CheckpointDir(tmp_path / "ck", keep=2)
+    models = [_model(seed) for seed in range(3)]
+    for step, model in enumerate(models, start=1):
+        folder.save(step * 10, model, {"epoch": step}, {"model": "tiny"})
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["latest.json", "step-00000020.safetensors", "step-00000020.state.pt",
+                     "step-00000030.safetensors", "step-00000030.state.pt"]
+    target = _model(9)
+    state = folder.load(target, "tiny")
+    assert state["epoch"] == 3 and state["step"] == 30 and _equal(target, models[2])
+
+
+def test_a_kill_before_the_pointer_resumes_the_previous_checkpoint(tmp_path):
+    folder = CheckpointDir(tmp_path / "ck")
+    old = _model(0)
+    folder.save(5, old, {"epoch": 0}, {"model": "tiny"})
+    # the next checkpoint's weights are complete, its state half-written, the pointer not yet moved
+    ckpt.save_weights(tmp_path / "ck" / "step-00000006.safetensors", _model(1), {"model": "tiny", "step": 6})
+    (tmp_path / "ck" / ".step-00000006.state.pt.abc.tmp").write_bytes(b"half")
+    target = _model(2)
+    assert folder.load(target, "tiny")["step"] == 5 and _equal(target, old)
+
+
+def test_mismatched_checkpoint_files_are_reported(tmp_path):
+    folder = CheckpointDir(tmp_path / "ck", keep=3)
+    folder.save(1, _model(0), {}, {"model": "tiny"})
+    folder.save(2, _model(1), {}, {"model": "tiny"})
+    pointer = json.loads((tmp_path / "ck" / "latest.json").read_text())
+    pointer["weights"] = "step-00000001.safetensors"
+    (tmp_path / "ck" / "latest.json").write_text(json.dumps(pointer))
+    with pytest.raises(CheckpointError, match="do not belong to step 2"):
+        folder.load(_model(), "tiny")
+    (tmp_path / "ck" / "latest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="latest.json: unreadable checkpoint pointer"):
+        folder.load(_model(), "tiny")
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        CheckpointDir(tmp_path / "none").load(_model())
