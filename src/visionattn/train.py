@@ -62,14 +62,13 @@ def _temperature_schedule(model: nn.Module, cfg: TrainConfig, steps_per_epoch: i
 class Trainer:
     """One training run (use :func:`train`); the attributes under "position" are what a checkpoint restores."""
 
-    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, run_dir: Path, resume: bool = False) -> None:
-        self.cfg, self.info = cfg, info
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, log: RunLog, resume: bool = False) -> None:
+        self.cfg, self.info, self.log = cfg, info, log
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.log = RunLog(run_dir, enabled=info.is_main)
         self.data = self._load_data()
         self._build_model()
-        self.ckpt = CheckpointDir(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        self.ckpt = CheckpointDir(log.folder / "checkpoints", keep=cfg.keep_checkpoints)
         # position
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
@@ -176,6 +175,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self._sync_accum()
+        distributed.broadcast_buffers(self.model)  # what rank 0 saves is then what every process holds
         if self.info.is_main:
             self.ckpt.save(self.global_step, self.model, self._state(), {"model": self.cfg.model})
 
@@ -237,6 +237,7 @@ class Trainer:
 
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         self._sync_accum()
+        distributed.broadcast_buffers(self.model)
         loss_sum, correct, seen = distributed.all_reduce_sum(self.synced.tolist(), self.info.device)
         test_loss, test_acc = self.evaluate()
         row = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss_sum / seen,
@@ -286,7 +287,6 @@ class Trainer:
             self.log.write_json("result.json", result)
             self.log.info(f"done: test accuracy {100 * result['test_acc']:.2f}% after {result['epochs']} epochs, "
                           f"{result['train_time_s']:.0f}s of training; run directory {self.log.folder}")
-        self.log.close()
         return TrainResult(self.model, self.history, result["test_acc"], self.log.folder, self.elapsed, result)
 
 
@@ -297,11 +297,15 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     checkpoint (or from the start when it has none).
     """
     info = distributed.setup(cfg.device)
+    log = None
     try:
         run_dir = Path(cfg.run_dir) if cfg.run_dir else distributed.broadcast_object(default_run_dir(cfg.model))
         cfg.run_dir = str(run_dir)
-        return Trainer(cfg, info, run_dir, resume=resume).run()
+        log = RunLog(run_dir, enabled=info.is_main)
+        return Trainer(cfg, info, log, resume=resume).run()
     finally:
+        if log is not None:
+            log.close()
         distributed.teardown()
 
 
