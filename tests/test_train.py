@@ -137,6 +137,16 @@ def test_image_folder_run_logs_skipped_files(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["image_size"] == [12, 12]
 
 
+def test_truncated_data_file_stops_the_run_at_once(tmp_path, capsys):
+    data = make_fashion_mnist(tmp_path / "fm", n_train=40, n_test=20)
+    images = data / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-200])
+    code = main(["train", "--model", "test_tiny", "--data-dir", str(data), "--no-progress", "--run-dir",
+                 str(tmp_path / "r")])
+    assert code == 2 and f"{images}: cannot decompress" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_batch_larger_than_dataset_is_an_error(fmnist, tmp_path, capsys):
     code = main(["train", "--model", "test_tiny", "--data-dir", str(fmnist), "--batch-size", "512",
                  "--no-progress", "--run-dir", str(tmp_path / "r")])

@@ -89,8 +89,42 @@ def _train_run(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    from visionattn.recipe import add_train_arguments
+
+    p.add_argument("--models", type=_names, required=True, help="comma-separated model names")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; each model is trained once per seed")
+    p.add_argument("--out", default="runs/compare", help="output folder; the same command again resumes there")
+    p.add_argument("--cost-batch", type=int, default=None, help="batch for the speed and memory figures "
+                   "(default: the training batch size)")
+    p.add_argument("--baseline", default=None, help="model the others are compared with (default: the first)")
+    add_train_arguments(p, exclude=("--model", "--seed", "--run-dir", "--resume"))
+
+
+def _compare_run(args: argparse.Namespace) -> int:
+    from visionattn.compare import run_comparison, seeds_arg, write_outputs
+    from visionattn.recipe import config_from_args
+
+    try:
+        seeds = seeds_arg(args.seeds)
+        base = config_from_args(argparse.Namespace(**{**vars(args), "model": args.models[0]}))
+        rows = run_comparison(args.models, seeds, base, args.out, args.cost_batch)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"visionattn compare: error: {err}", file=sys.stderr)
+        return 2
+    table = write_outputs(rows, args.out, args.baseline or args.models[0])
+    print(f"\n{len(args.models)} models x {len(seeds)} seeds, {base.epochs} epochs each on {base.data}"
+          f"{f' (first {base.train_subset} training images)' if getattr(base, 'train_subset', None) else ''}\n")
+    print(table)
+    print(f"\ntable: {args.out}/compare.md and compare.csv; plots: {args.out}/accuracy_vs_macs.png, "
+          f"accuracy_vs_latency.png, training_curves.png; runs: {args.out}/runs/")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "layers": ("list every registered layer with its parameters and multiply-adds", _layers_args, _layers_run),
+    "compare": ("train several models with one recipe and seeds and tabulate accuracy beside cost",
+                _compare_args, _compare_run),
     "bench": ("measure forward and training-step speed and peak memory", _bench_args, _bench_run),
     "info": ("parameters, multiply-adds and a per-stage table of a model", _info_args, _info_run),
     "train": ("train a model on Fashion-MNIST or an image folder (torchrun-ready, resumable)", _train_args,

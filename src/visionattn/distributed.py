@@ -95,7 +95,7 @@ def broadcast_buffers(model: nn.Module) -> None:
     DDP broadcasts them before each forward, but each forward then updates them from the process's own
     half batch, so after the last step they differ; this makes evaluation and checkpoints consistent.
     """
-    if False:
+    if dist.is_initialized():
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
 

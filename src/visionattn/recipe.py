@@ -134,10 +134,13 @@ _OPTIONS: list[tuple[str, Any, str]] = [
 ]
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``visionattn train`` options; only options given on the command line reach the namespace."""
+def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """The ``visionattn train`` options but those in ``exclude`` (e.g. ``("--model", "--resume")`` for a command
+    that sets them itself); only options given on the command line reach the namespace."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     for flag, kind, text in _OPTIONS:
+        if flag in exclude:
+            continue
         name = flag[2:].replace("-", "_")
         shown = defaults.get(name)
         text = f"{text} (default {shown})" if shown not in (None, "", False) else text
@@ -147,8 +150,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
     parser.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                         help="extra keyword for the model factory, e.g. attn=se (value parsed as JSON if it can be)")
-    parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                        help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration")
+    if "--resume" not in exclude:
+        parser.add_argument("--resume", metavar="RUN_DIR", default=None,
+                            help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration")
 
 
 def _parse_model_args(pairs: list[str]) -> dict[str, Any]:

@@ -22,9 +22,6 @@ from visionattn.registry import get_model_entry
 
 SMALL_INPUT_MAX = 32  # a model whose default input is at most this is run at its own size
 CONTRACT_INPUT = (3, 32, 32)
-# Families that need more than a 1x1 map in the last stage: a local-attention window over a single position
-# has one key, so its relative position embeddings get no gradient.
-FAMILY_INPUT = {"sasa": (3, 64, 64)}
 MAX_BLOCKS = 16  # ResNet-50's; deeper configurations run with one block per stage
 
 
@@ -32,7 +29,8 @@ def _build(name: str):
     entry = get_model_entry(name)
     defaults = entry.defaults
     default = defaults.get("img_size")
-    size = FAMILY_INPUT.get(entry.family, CONTRACT_INPUT)
+    # a model class may need more than 32x32 for every parameter to get a gradient (SASA: a 1x1 last stage)
+    size = getattr(entry.factory, "min_input_size", CONTRACT_INPUT)
     if isinstance(default, int) and default <= SMALL_INPUT_MAX:
         size = None
     layers = defaults.get("layers", ())

@@ -8,6 +8,7 @@ from torch import nn
 
 import visionattn
 from visionattn.complexity import count_params
+from visionattn.layers.attention_stem import AttentionStem2d
 from visionattn.layers.local_attention import LocalSelfAttention2d
 
 # Ramachandran et al. 2019, Table 1 (ImageNet, 1000 classes): (conv baseline, attention model) in millions
@@ -46,3 +47,28 @@ def test_border_and_window_are_configurable():
     model = visionattn.create_model("sasa_resnet26", num_classes=10, kernel_size=5, heads=4, border="zero")
     layer = next(m for m in model.modules() if isinstance(m, LocalSelfAttention2d))
     assert (layer.kernel_size, layer.heads, layer.border) == (5, 4, "zero")
+
+
+@pytest.mark.parametrize("depth", sorted(PAPER))
+def test_attention_stem_replaces_the_stem_convolution(depth):
+    conv_stem = count_params(visionattn.create_model(f"sasa_resnet{depth}"))
+    model = visionattn.create_model(f"sasa_stem_resnet{depth}")
+    stem = model.stem.convs[0]
+    assert isinstance(stem, AttentionStem2d)
+    assert (stem.kernel_size, stem.mixtures, stem.stride, stem.out_channels) == (4, 4, 2, 64)
+    assert isinstance(model.stem.pool, nn.MaxPool2d)
+    # 7x7x3x64 convolution weights out; q, k, 4 value projections, relative and mixture embeddings in
+    assert conv_stem - count_params(model) == 7 * 7 * 3 * 64 - (6 * 64 * 3 + 4 * 64 + 3 * 4 * 64)
+    assert [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)] == []
+
+
+def test_attention_stem_small_input_and_arguments():
+    torch.manual_seed(0)
+    model = visionattn.create_model("sasa_stem_resnet26", num_classes=10, small_input=True, img_size=16)
+    assert model.stem.convs[0].stride == 1
+    out = model(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 10)
+    with pytest.raises(ValueError, match="stem must be one of"):
+        visionattn.create_model("sasa_resnet26", stem="lambda")
+    with pytest.raises(ValueError, match="stem_type"):
+        visionattn.create_model("sasa_resnet26", stem="attention", stem_type="deep")

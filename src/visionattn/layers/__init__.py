@@ -1,5 +1,6 @@
 """Attention layers, one file per mechanism; importing this package registers them all."""
 
+from visionattn.layers.attention_stem import AttentionStem2d, PositionMixture
 from visionattn.layers.bam import BamChannelAttention, BamSpatialAttention, BottleneckAttention
 from visionattn.layers.cbam import CbamChannelAttention, CbamSpatialAttention, ConvBlockAttention
 from visionattn.layers.cond_conv import CondConv2d, ExpertConv2d
@@ -35,4 +36,6 @@ __all__ = [
     "set_temperature",
     "LocalSelfAttention2d",
     "RelativeEmbedding2d",
+    "AttentionStem2d",
+    "PositionMixture",
 ]

@@ -2,8 +2,15 @@
 
 Ramachandran et al. 2019, "Stand-Alone Self-Attention in Vision Models", section 4: every 3x3 convolution of
 the bottleneck blocks becomes a k = 7, 8-head local attention layer (stride 2 as attention then 2x2 average
-pooling); the 1x1 convolutions, the projection shortcuts and the convolutional stem stay. The block layouts
-are the paper's: ResNet-26 [1, 2, 4, 1], ResNet-38 [2, 3, 5, 2], ResNet-50 [3, 4, 6, 3] bottleneck blocks.
+pooling); the 1x1 convolutions and the projection shortcuts stay. The block layouts are the paper's:
+ResNet-26 [1, 2, 4, 1], ResNet-38 [2, 3, 5, 2], ResNet-50 [3, 4, 6, 3] bottleneck blocks.
+
+The stem is the ResNet's convolutional one (``stem="conv"``, ``sasa_resnet26``, ..., the paper's "conv-stem +
+attention") or the attention stem of section 3.2 (``stem="attention"``, ``sasa_stem_resnet26``, ..., "full
+attention"): the 7x7 stride-2 convolution becomes :class:`~visionattn.layers.attention_stem.AttentionStem2d`
+(spatial extent 4, 4 value mixtures, stride 2 as attention then 2x2 average pooling), followed like the conv
+by BN, ReLU and the 3x3 stride-2 max pooling. It has 2,176 parameters where the 7x7 convolution has 9,408, so
+the full-attention models are 7,232 smaller: 10.335M (ResNet-26), 14.183M (38), 18.031M (50), 1000 classes.
 The conv ResNets of the same layouts are registered beside them (``resnet26_sasa_conv``, ...), the baseline of
 the paper's Table 1 (note ``resnet26`` in the zoo is timm's [2, 2, 2, 2] layout, not the paper's).
 """
@@ -20,10 +27,17 @@ from visionattn.models.plug import AttnPlug
 from visionattn.models.resnet import ResNet
 from visionattn.registry import create_attn, register_model
 
-__all__ = ["SasaResNet", "SASA_LAYERS"]
+__all__ = ["SasaResNet", "SASA_LAYERS", "STEMS", "attention_stem"]
 
 _PAPER = "Ramachandran et al. 2019, Stand-Alone Self-Attention in Vision Models"
 SASA_LAYERS: dict[int, tuple[int, ...]] = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 50: (3, 4, 6, 3)}
+STEMS = ("conv", "attention")
+
+
+def attention_stem(in_chans: int, width: int, stride: int) -> nn.Sequential:
+    """The paper's stem layer: spatially aware attention (extent 4, 4 mixtures), BN, ReLU."""
+    layer = create_attn("sasa_stem", in_chans, out_channels=width, kernel_size=4, mixtures=4, stride=stride)
+    return nn.Sequential(layer, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
 
 
 class _SasaPlug(AttnPlug):
@@ -48,6 +62,8 @@ class SasaResNet(ResNet):
         kernel_size: attention window k (paper: 7).
         heads: attention heads (paper: 8).
         border: how windows meet the image border (``"mask"``, ``"zero"``, ``"clamp"``).
+        stem: ``"conv"`` (the ResNet's 7x7 convolution) or ``"attention"`` (the spatially aware attention stem,
+            :func:`attention_stem`, in place of that convolution; the max pooling stays).
         **kwargs: the rest of :class:`~visionattn.models.resnet.ResNet` (num_classes, in_chans, img_size, ...).
 
     Shape:
@@ -55,9 +71,21 @@ class SasaResNet(ResNet):
         - Output: (B, num_classes)
     """
 
+    # The smallest input whose every parameter gets a gradient: on a 1x1 last-stage map a window holds one key,
+    # the softmax is constant and the relative embeddings learn nothing (read by the model contract tests).
+    min_input_size = (3, 64, 64)
+
     def __init__(self, layers: Sequence[int] = SASA_LAYERS[50], kernel_size: int = 7, heads: int = 8,
-                 border: str = "mask", **kwargs: Any) -> None:
+                 border: str = "mask", stem: str = "conv", **kwargs: Any) -> None:
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if stem == "attention" and kwargs.get("stem_type", "basic") != "basic":
+            raise ValueError(f"the attention stem replaces the basic stem's convolution; got stem_type="
+                             f"{kwargs['stem_type']!r}, needs 'basic'")
         super().__init__(block="bottleneck", layers=layers, **kwargs)
+        if stem == "attention":
+            self.stem.convs = attention_stem(self.stem.in_chans, self.stem.out_channels,
+                                             1 if kwargs.get("small_input", False) else 2)
         # ResNet builds its stages with the generic plug; rebuild them with the attention's own window
         plug = _SasaPlug("sasa", {"kernel_size": kernel_size, "heads": heads, "border": border}, "conv")
         block_kwargs = {"groups": 1, "base_width": 64, "plug": plug, "avg_down": kwargs.get("avg_down", False),
@@ -72,6 +100,8 @@ def _register(depth: int) -> None:
     config = {"num_classes": 1000, "in_chans": 3, "img_size": 224, "layers": layers}
     register_model(f"sasa_resnet{depth}", paper=_PAPER, family="sasa", defaults=config,
                    description=f"SASA-ResNet-{depth}: k=7, 8-head local attention for every spatial conv")(SasaResNet)
+    register_model(f"sasa_stem_resnet{depth}", paper=_PAPER, family="sasa", defaults={**config, "stem": "attention"},
+                   description=f"SASA-ResNet-{depth} with the attention stem: no conv wider than 1x1")(SasaResNet)
     register_model(f"resnet{depth}_sasa_conv", paper=_PAPER, family="sasa", defaults=config,
                    description=f"the conv baseline of SASA-ResNet-{depth} ({list(layers)} bottlenecks)")(ResNet)
 

@@ -1,0 +1,214 @@
+"""The comparison bench: ``visionattn compare``.
+
+Trains every model with the same recipe and seeds, measures what each costs, and writes one table, as the
+papers' tables do: test top-1 (mean and spread over seeds), parameters, multiply-adds, training images/s,
+inference latency per image and peak training memory. Markdown and CSV, plus PNG plots (accuracy against
+multiply-adds, accuracy against latency, test-accuracy curves).
+
+A comparison lives in one output folder: ``runs/<model>-seed<N>/`` holds each training run (the trainer's own
+run directory, with its checkpoints) and ``costs/<model>.json`` each model's measured cost. Running the same
+command again resumes: finished runs and measured costs are read back, an interrupted run continues from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visionattn.bench import bench_module, median_ms
+from visionattn.complexity import count_macs, count_params, format_table
+from visionattn.info import build_for_input
+from visionattn.recipe import TrainConfig
+from visionattn.runlog import read_metrics
+from visionattn.train import train
+
+__all__ = ["run_comparison", "measure_cost", "summarise", "write_outputs", "seeds_arg", "COLUMNS"]
+
+COLUMNS = ["model", "top1_mean", "top1_std", "seeds", "params", "macs", "train_img_s", "latency_ms",
+           "peak_train_mb"]
+
+
+def _run_dir(out: Path, model: str, seed: int) -> Path:
+    return out / "runs" / f"{model}-seed{seed}"
+
+
+def _train_one(cfg: TrainConfig, out: Path, log: Any) -> dict[str, Any]:
+    run_dir = _run_dir(out, cfg.model, cfg.seed)
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        log(f"{cfg.model} seed {cfg.seed}: finished earlier, reading {result_path}")
+    else:
+        resume = (run_dir / "config.json").is_file()
+        log(f"{cfg.model} seed {cfg.seed}: {'resuming' if resume else 'training'} in {run_dir}")
+        train(replace(cfg, run_dir=str(run_dir)), resume=resume)
+    return {**json.loads(result_path.read_text()), "run_dir": str(run_dir)}
+
+
+def measure_cost(model_name: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
+                 reps: int = 3) -> dict[str, float]:
+    """Parameters, MACs per image, training images/s and peak memory at ``batch``, latency of one image."""
+    model, _ = build_for_input(model_name, input_shape, num_classes=num_classes)
+    x = torch.randn(batch, *input_shape)
+    res = bench_module(model_name, model, x, warmup=1, reps=reps)
+    one = x[:1]
+    model.eval()
+    with torch.no_grad():
+        latency = median_ms(lambda: model(one), torch.device("cpu"), warmup=2, reps=max(5, reps))
+    return {"params": count_params(model), "macs": count_macs(model, one), "train_img_s": res.train_images_per_s,
+            "latency_ms": latency, "peak_train_mb": res.train_peak_mb, "batch": batch,
+            "threads": torch.get_num_threads()}
+
+
+def _cost(out: Path, model: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
+          log: Any) -> dict[str, float]:
+    path = out / "costs" / f"{model}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    log(f"{model}: measuring cost (batch {batch})")
+    cost = measure_cost(model, input_shape, num_classes, batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cost, indent=2))
+    tmp.replace(path)
+    return cost
+
+
+def _data_shape(out: Path, model: str, seed: int) -> tuple[tuple[int, int, int], int]:
+    data = json.loads((_run_dir(out, model, seed) / "config.json").read_text())["data"]
+    return (data["in_chans"], *data["image_size"]), data["num_classes"]
+
+
+def run_comparison(models: list[str], seeds: list[int], base: TrainConfig, out: str | Path,
+                   cost_batch: int | None = None, log: Any = print) -> list[dict[str, Any]]:
+    """Train ``models`` x ``seeds`` with ``base``'s recipe into ``out``, measure costs, return the table rows."""
+    if not models:
+        raise ValueError("models: got an empty list, needed at least one model name")
+    if not seeds:
+        raise ValueError("seeds: got an empty list, needed at least one seed")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_plan(out, models, seeds, base)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for model in models:
+        results[model] = [_train_one(replace(base, model=model, seed=seed), out, log) for seed in seeds]
+    rows = []
+    for model in models:
+        shape, num_classes = _data_shape(out, model, seeds[0])
+        cost = _cost(out, model, shape, num_classes, cost_batch or base.batch_size, log)
+        rows.append(summarise(model, results[model], cost))
+    return rows
+
+
+def _check_plan(out: Path, models: list[str], seeds: list[int], base: TrainConfig) -> None:
+    """A folder holds one recipe: resuming with another would mix incomparable runs."""
+    recipe = {k: v for k, v in base.to_dict().items()
+              if k not in ("model", "seed", "run_dir", "progress", "device", "threads", "ckpt_every")}
+    path = out / "plan.json"
+    if path.is_file():
+        earlier = json.loads(path.read_text())["recipe"]
+        changed = sorted(k for k in set(recipe) | set(earlier) if recipe.get(k) != earlier.get(k))
+        if changed:
+            raise ValueError(f"{out} holds a comparison with another recipe (differs in {', '.join(changed)}); "
+                             "use another --out folder or the same options")
+    path.write_text(json.dumps({"models": models, "seeds": seeds, "recipe": recipe}, indent=2))
+
+
+def summarise(model: str, results: list[dict[str, Any]], cost: dict[str, float]) -> dict[str, Any]:
+    accs = [100 * r["test_acc"] for r in results]
+    return {"model": model, "top1_mean": statistics.fmean(accs),
+            "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": len(accs),
+            "params": int(cost["params"]), "macs": int(cost["macs"]), "train_img_s": cost["train_img_s"],
+            "latency_ms": cost["latency_ms"], "peak_train_mb": cost["peak_train_mb"],
+            "epochs": results[0].get("epochs"), "runs": results}
+
+
+def _display(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    shown = []
+    for r in rows:
+        shown.append({**r, "top1_mean": f"{r['top1_mean']:.2f}", "top1_std": f"{r['top1_std']:.2f}",
+                      "train_img_s": f"{r['train_img_s']:.0f}", "latency_ms": f"{r['latency_ms']:.2f}",
+                      "peak_train_mb": f"{r['peak_train_mb']:.0f}"})
+    return shown
+
+
+def write_outputs(rows: list[dict[str, Any]], out: str | Path, baseline: str | None = None) -> str:
+    """Write ``compare.md``, ``compare.csv`` and the plots into ``out``; return the Markdown table."""
+    out = Path(out)
+    table = format_table(_display(rows), COLUMNS, human=("params", "macs"))
+    if baseline is not None:
+        base = next((r for r in rows if r["model"] == baseline), None)
+        if base is not None:
+            table += "\n\n" + _deltas(rows, base)
+    (out / "compare.md").write_text(table + "\n")
+    with open(out / "compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    _plots(rows, out)
+    return table
+
+
+def _deltas(rows: list[dict[str, Any]], base: dict[str, Any]) -> str:
+    lines = [f"Against {base['model']}: top-1 change (points; spread is the larger of the two standard deviations)"]
+    for r in rows:
+        if r is base:
+            continue
+        delta, spread = r["top1_mean"] - base["top1_mean"], max(r["top1_std"], base["top1_std"])
+        verdict = "helped" if delta > spread else "hurt" if delta < -spread else "within the spread"
+        lines.append(f"- {r['model']}: {delta:+.2f} (spread {spread:.2f}): {verdict}; "
+                     f"{r['params'] / max(base['params'], 1):.2f}x parameters, "
+                     f"{r['latency_ms'] / max(base['latency_ms'], 1e-9):.2f}x latency")
+    return "\n".join(lines)
+
+
+def _plots(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, label, name in (("macs", "multiply-adds per image (M)", "accuracy_vs_macs.png"),
+                             ("latency_ms", "inference latency per image (ms)", "accuracy_vs_latency.png")):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for r in rows:
+            x = r[key] / 1e6 if key == "macs" else r[key]
+            ax.errorbar(x, r["top1_mean"], yerr=r["top1_std"], fmt="o", capsize=3)
+            ax.annotate(r["model"], (x, r["top1_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        curves = [read_metrics(Path(run["run_dir"])) if "run_dir" in run else [] for run in r["runs"]]
+        curves = [[100 * e["test_acc"] for e in c if "test_acc" in e] for c in curves]
+        length = min((len(c) for c in curves), default=0)
+        if length:
+            mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+            ax.plot(range(1, length + 1), mean, marker=".", label=r["model"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%), mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "training_curves.png", dpi=120)
+    plt.close(fig)
+
+
+def seeds_arg(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ValueError(f"seeds: got {text!r}, needed comma-separated integers such as 1,2")
+    return seeds

@@ -1,0 +1,101 @@
+"""`visionattn compare`: training every model with one recipe, the table, the plots, and resuming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import visionattn.compare as compare
+from tests.engine_support import make_digit_folder, make_fashion_mnist, register_tiny_models
+from visionattn import cli
+from visionattn.recipe import TrainConfig
+
+register_tiny_models()
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory) -> Path:
+    return make_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=128, n_test=40)
+
+
+def _base(fmnist: Path, **kw) -> TrainConfig:
+    return TrainConfig(**{"data_dir": str(fmnist), "epochs": 1, "batch_size": 32, "threads": 1, "progress": False,
+                          **kw})
+
+
+def test_comparison_table_plots_and_resume(fmnist, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    rows = compare.run_comparison(["test_tiny", "test_tiny_bn"], [1, 2], _base(fmnist), out, cost_batch=8,
+                                  log=lambda msg: None)
+    assert [r["model"] for r in rows] == ["test_tiny", "test_tiny_bn"]
+    for r in rows:
+        accs = [100 * run["test_acc"] for run in r["runs"]]
+        assert r["seeds"] == 2 and r["top1_mean"] == pytest.approx(sum(accs) / 2)
+        assert r["params"] > 0 and r["macs"] > 0 and r["train_img_s"] > 0 and r["latency_ms"] > 0
+    assert rows[0]["params"] == 8 * 9 + 8 + 16 * 8 * 9 + 16 + 16 * 10 + 10  # TinyNet without BatchNorm
+    # the two seeds are different runs
+    runs = rows[0]["runs"]
+    assert Path(runs[0]["run_dir"]).name == "test_tiny-seed1" and Path(runs[1]["run_dir"]).name == "test_tiny-seed2"
+
+    table = compare.write_outputs(rows, out, baseline="test_tiny")
+    assert "| test_tiny_bn " in table and "Against test_tiny" in table
+    for name in ("compare.md", "compare.csv", "accuracy_vs_macs.png", "accuracy_vs_latency.png",
+                 "training_curves.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "compare.csv").read_text().splitlines()[0] == ",".join(compare.COLUMNS)
+
+    # a second call finds every run and cost done and trains nothing
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(compare, "train", no_training)
+    again = compare.run_comparison(["test_tiny", "test_tiny_bn"], [1, 2], _base(fmnist), out, log=lambda m: None)
+    assert [r["top1_mean"] for r in again] == [r["top1_mean"] for r in rows]
+
+
+def test_interrupted_run_is_resumed_not_restarted(fmnist, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    base = _base(fmnist)
+    compare.run_comparison(["test_tiny"], [1], base, out, cost_batch=4, log=lambda m: None)
+    run_dir = out / "runs" / "test_tiny-seed1"
+    (run_dir / "result.json").unlink()  # as if killed before the end
+    calls = []
+    real_train = compare.train
+
+    def spy(cfg, resume=False):
+        calls.append(resume)
+        return real_train(cfg, resume=resume)
+
+    monkeypatch.setattr(compare, "train", spy)
+    compare.run_comparison(["test_tiny"], [1], base, out, log=lambda m: None)
+    assert calls == [True] and (run_dir / "result.json").is_file()
+
+
+def test_other_recipe_in_same_folder_is_refused(fmnist, tmp_path):
+    out = tmp_path / "cmp"
+    compare.run_comparison(["test_tiny"], [1], _base(fmnist), out, cost_batch=4, log=lambda m: None)
+    with pytest.raises(ValueError, match="differs in epochs"):
+        compare.run_comparison(["test_tiny"], [1], _base(fmnist, epochs=2), out, log=lambda m: None)
+
+
+@pytest.mark.parametrize("bad,match", [({"models": []}, "models"), ({"seeds": []}, "seeds")])
+def test_empty_lists_are_refused(fmnist, tmp_path, bad, match):
+    args = {"models": ["test_tiny"], "seeds": [1], **bad}
+    with pytest.raises(ValueError, match=match):
+        compare.run_comparison(args["models"], args["seeds"], _base(fmnist), tmp_path, log=lambda m: None)
+
+
+def test_cli_compare_on_an_image_folder(tmp_path, capsys):
+    """The user's own images: scikit-learn digits as PNG files, real registered models."""
+    root = make_digit_folder(tmp_path / "digits", classes=(0, 1, 2), per_class=8)
+    out = tmp_path / "cmp"
+    code = cli.main(["compare", "--models", "resnet20,eca_resnet20", "--data", str(root), "--epochs", "1",
+                     "--seeds", "0", "--batch-size", "6", "--threads", "1", "--no-progress", "--out", str(out),
+                     "--cost-batch", "2"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| resnet20 " in text and "| eca_resnet20 " in text and str(out) in text
+    config = json.loads((out / "runs" / "resnet20-seed0" / "config.json").read_text())
+    assert config["data"]["num_classes"] == 3 and config["data"]["image_size"] == [8, 8]
