@@ -26,8 +26,16 @@ data:
 		echo "warning: could not install dataset-fashion-mnist; pass --data-dir"; \
 	else echo "note: Fashion-MNIST not found and apt unavailable; pass --data-dir"; fi
 
+# The main job: the plain small-image ResNet against every channel and branch mechanism on Fashion-MNIST, one
+# recipe, trained on a 6000-image class-balanced subset for 2 epochs to fit about 15 minutes on 2 CPU cores
+# (the full-data comparison is benchmarks/fashion_mnist.sh). Running it again reuses finished runs.
+CHANNEL_MODELS := se_resnet20,eca_resnet20,cbam_resnet20,bam_resnet20,ge_theta_minus_resnet20,ge_theta_resnet20,ge_theta_plus_resnet20
+BRANCH_MODELS := sk_resnet20,splat_resnet20,condconv_resnet20,dynamic_conv_resnet20
+DEMO_MODELS := resnet20,$(CHANNEL_MODELS),$(BRANCH_MODELS)
+DEMO_ARGS ?= --train-subset 6000 --epochs 2 --seeds 0
+
 demo: $(STAMP) data
-	$(PY) -m visionattn layers
+	$(PY) -m visionattn compare --models $(DEMO_MODELS) --data fashion-mnist $(DEMO_ARGS) --out runs/demo
 
 test: $(STAMP) data
 	$(PY) -m pytest -q -n 2 --dist loadgroup

@@ -24,6 +24,10 @@ class TinyNet(nn.Module):
     """Two convolutions and a linear classifier; optional BatchNorm, dropout and a per-call delay.
 
     The delay (``sleep_ms``) stretches a run so a test can kill it mid-epoch reliably.
+
+    Shape:
+        - Input: (B, in_chans, H, W)
+        - Output: (B, num_classes)
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, norm: bool = False, dropout: float = 0.0,
@@ -44,7 +48,12 @@ class TinyNet(nn.Module):
 
 
 class TinyDynamicNet(TinyNet):
-    """TinyNet whose second convolution is a DY-CNN dynamic convolution (so the trainer must anneal it)."""
+    """TinyNet whose second convolution is a DY-CNN dynamic convolution (so the trainer must anneal it).
+
+    Shape:
+        - Input: (B, in_chans, H, W)
+        - Output: (B, num_classes)
+    """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1) -> None:
         super().__init__(num_classes, in_chans)
@@ -65,9 +74,11 @@ def register_tiny_models() -> None:
 
     for name, defaults in TINY_MODELS.items():
         if name not in MODELS:
-            register_model(name, family="test", defaults=defaults)(TinyNet)
+            register_model(name, family="test", paper="test fixture", description="tiny test network",
+                           defaults=defaults)(TinyNet)
     if "test_tiny_dynamic" not in MODELS:
-        register_model("test_tiny_dynamic", family="test")(TinyDynamicNet)
+        register_model("test_tiny_dynamic", family="test", paper="test fixture",
+                       description="tiny test network with a dynamic convolution")(TinyDynamicNet)
 
 
 def make_fashion_mnist(folder: Path, n_train: int = 256, n_test: int = 64, seed: int = 0) -> Path:

@@ -113,8 +113,8 @@ def _compare_run(args: argparse.Namespace) -> int:
         print(f"visionattn compare: error: {err}", file=sys.stderr)
         return 2
     table = write_outputs(rows, args.out, args.baseline or args.models[0])
-    print(f"\n{len(args.models)} models x {len(seeds)} seeds, {base.epochs} epochs each on {base.data}"
-          f"{f' (first {base.train_subset} training images)' if getattr(base, 'train_subset', None) else ''}\n")
+    subset = f", {base.train_subset} training images (a class-balanced subset)" if base.train_subset else ""
+    print(f"\n{len(args.models)} models x {len(seeds)} seeds, {base.epochs} epochs each on {base.data}{subset}\n")
     print(table)
     print(f"\ntable: {args.out}/compare.md and compare.csv; plots: {args.out}/accuracy_vs_macs.png, "
           f"accuracy_vs_latency.png, training_curves.png; runs: {args.out}/runs/")

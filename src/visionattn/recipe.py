@@ -41,6 +41,7 @@ class TrainConfig:
     image_size: int | None = None
     channels: str = "auto"
     val_fraction: float = 0.2
+    train_subset: int | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     epochs: int = 15
     batch_size: int = 128
@@ -78,6 +79,8 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name}: got {value}, needed a positive number")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"train_subset: got {self.train_subset}, needed a positive number of images or None")
         for name, value in {"label_smoothing": self.label_smoothing, "momentum": self.momentum}.items():
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}: got {value}, needed a value in [0, 1)")
@@ -108,6 +111,8 @@ _OPTIONS: list[tuple[str, Any, str]] = [
     ("--image-size", int, "image folders: resize every image to this square size (default: the first image's)"),
     ("--channels", str, "image folders: auto, grey or rgb"),
     ("--val-fraction", float, "image folders without a val split: share held out per class (fixed by --seed)"),
+    ("--train-subset", int, "train on this many training images only, balanced over the classes and the same "
+                            "for every seed (default: all)"),
     ("--epochs", int, "training epochs"),
     ("--batch-size", int, "global batch size (divided among processes under torchrun)"),
     ("--eval-batch-size", int, "batch size for evaluation"),

@@ -88,6 +88,8 @@ class Trainer:
                             channels=cfg.channels, val_fraction=cfg.val_fraction, seed=cfg.seed)
         for line in data.skipped:
             self.log.warning(f"skipped unreadable file {line}")
+        if cfg.train_subset:
+            data.train = data.train.balanced_subset(cfg.train_subset)
         summary = data.describe()
         self.log.info(f"data {summary['name']} from {summary['source']}: {summary['train_size']} train / "
                       f"{summary['test_size']} test images, {summary['num_classes']} classes, "

@@ -51,6 +51,26 @@ class ArrayDataset:
     def subset(self, index: torch.Tensor) -> ArrayDataset:
         return ArrayDataset(self.images[index], self.labels[index], list(self.classes))
 
+    def balanced_subset(self, size: int, seed: int = 0) -> ArrayDataset:
+        """``size`` images, as equally many of each class as the data allows, drawn by a fixed ``seed``.
+
+        Every call with the same ``size`` and ``seed`` returns the same images, so runs with different training
+        seeds (a comparison's) see the same subset.
+        """
+        if size < 1:
+            raise ValueError(f"subset size: got {size}, needed at least 1")
+        if size >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        # rank of each image within its class in the random order; taking ranks round by round balances classes
+        labels = self.labels[order]
+        rank = torch.zeros_like(labels)
+        for c in range(len(self.classes)):
+            members = labels == c
+            rank[members] = torch.arange(int(members.sum()))
+        chosen = order[torch.argsort(rank * len(self) + torch.arange(len(self)), stable=True)[:size]]
+        return self.subset(torch.sort(chosen).values)
+
 
 @dataclass
 class DataSplits:

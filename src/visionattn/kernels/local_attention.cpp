@@ -47,14 +47,15 @@ std::vector<float> vec_bias(const Geometry& g, const vec::Layout& l) {
 
 template <int K>
 void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, float scale, float* out, float* lse,
-                        int64_t begin, int64_t end) {
+                        TaskQueue& tasks) {
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K;
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), Kp(l.d * l.Hp * l.Wk, 0.0f), Vp(l.d * l.Hp * l.Wk, 0.0f);
-  std::vector<float> L(slots * l.Wq, 0.0f), m(l.Wv), s(l.Wv), S(l.Wv);
+  std::vector<float> L(slots * l.Wq, 0.0f), M(l.Wv), inv(l.Wv);
   const std::vector<float> bias = vec_bias<K>(g, l);
-  const float ninf = -std::numeric_limits<float>::infinity();
-  for (int64_t task = begin; task < end; ++task) {
+  const uint8_t* ok = g.rows.ok.data();
+  const int32_t* key = g.rows.key.data();
+  for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const float* Q = qkv + (b * 3 * C + h * g.d) * HW;
     vec::to_query_rows(l, Q, Qq.data());
@@ -63,23 +64,22 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, f
     const float* R = rel + h * g.T * g.T * g.d;
     float* O = out + (b * C + h * g.d) * HW;
     for (int64_t y = 0; y < g.H; ++y) {
-      vec::dots<K, true>(l, g.rows.ok.data(), g.rows.key.data(), g.rows.rel.data(), Qq.data(), Kp.data(), R,
-                         bias.data(), y, scale, ninf, L.data());
-      row_softmax(slots, l.Wv, l.Wq, L.data() + vec::kLp, m.data(), s.data(), S.data());
-      std::memcpy(lse + task * HW + y * g.W, S.data(), g.W * sizeof(float));
+      std::fill(M.begin(), M.end(), -std::numeric_limits<float>::infinity());
+      vec::dots<K, vec::Epi::kLogits>(l, ok, key, g.rows.rel.data(), Qq.data(), Kp.data(), R, bias.data(), nullptr,
+                                      y, scale, M.data(), L.data());
+      vec::softmax_row(l, slots, L.data(), M.data(), inv.data());  // M becomes the log-sum-exp
+      std::memcpy(lse + task * HW + y * g.W, M.data(), g.W * sizeof(float));
       int64_t dd = 0;
-      for (; dd + 4 <= g.d; dd += 4)
-        vec::weighted_sum<K, 4>(l, g.rows.ok.data(), g.rows.key.data(), L.data(), Vp.data(), y, dd, O);
-      for (; dd < g.d; ++dd)
-        vec::weighted_sum<K, 1>(l, g.rows.ok.data(), g.rows.key.data(), L.data(), Vp.data(), y, dd, O);
+      for (; dd + 4 <= g.d; dd += 4) vec::weighted_sum<K, 4>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
+      for (; dd < g.d; ++dd) vec::weighted_sum<K, 1>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
     }
   }
 }
 
 template <int K>
 void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, const float* out, const float* lse,
-                         const float* gout, float scale, float* gqkv, float* grel_parts, int64_t begin,
-                         int64_t end) {
+                         const float* gout, float scale, float* gqkv, float* grel_parts, TaskQueue& tasks) {
+  constexpr int kRelBlock = K <= 5 ? 2 : 1;  // K x kRelBlock accumulators of grad_rel stay in registers
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K, keys = l.d * l.Hp * l.Wk;
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
@@ -87,10 +87,10 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, 
   std::vector<float> L(slots * l.Wq, 0.0f), G(slots * l.Wq, 0.0f), D(l.Wv, 0.0f), S(l.Wv, 0.0f);
   std::vector<vec::v8> dRv(g.T * g.T * g.d);
   const std::vector<float> bias = vec_bias<K>(g, l);
-  const float ninf = -std::numeric_limits<float>::infinity();
   const uint8_t* ok = g.rows.ok.data();
   const int32_t* key = g.rows.key.data();
-  for (int64_t task = begin; task < end; ++task) {
+  const int32_t* rrel = g.rows.rel.data();
+  for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const int64_t q_off = (b * 3 * C + h * g.d) * HW, o_off = (b * C + h * g.d) * HW;
     vec::to_query_rows(l, qkv + q_off, Qq.data());
@@ -105,33 +105,28 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, 
     const float* dO = gout + o_off;
     float* dQ = gqkv + q_off;
     for (int64_t y = 0; y < g.H; ++y) {
-      vec::dots<K, true>(l, ok, key, g.rows.rel.data(), Qq.data(), Kp.data(), R, bias.data(), y, scale, ninf,
-                         L.data());
       std::memcpy(S.data(), lse + task * HW + y * g.W, g.W * sizeof(float));
-      row_probs(slots, l.Wv, l.Wq, S.data(), L.data() + vec::kLp);
-      vec::dots<K, false>(l, ok, key, nullptr, dOq.data(), Vp.data(), nullptr, nullptr, y, 1.0f, 0.0f, G.data());
+      vec::dots<K, vec::Epi::kProbs>(l, ok, key, rrel, Qq.data(), Kp.data(), R, bias.data(), nullptr, y, scale,
+                                     S.data(), L.data());
       std::fill(D.begin(), D.end(), 0.0f);
       for (int64_t dd = 0; dd < g.d; ++dd)
         for (int64_t x = 0; x < g.W; ++x) D[x] += dO[(dd * g.H + y) * g.W + x] * O[(dd * g.H + y) * g.W + x];
-      for (int64_t w = 0; w < slots; ++w) {
-        float* Gw = G.data() + w * l.Wq + vec::kLp;
-        const float* Pw = L.data() + w * l.Wq + vec::kLp;
-#pragma omp simd
-        for (int64_t x = 0; x < l.Wv; ++x) Gw[x] = scale * Pw[x] * (Gw[x] - D[x]);
-      }
+      vec::dots<K, vec::Epi::kGrad>(l, ok, key, rrel, dOq.data(), Vp.data(), nullptr, nullptr, L.data(), y, scale,
+                                    D.data(), G.data());
       int64_t dd = 0;
       for (; dd + 4 <= g.d; dd += 4) {
-        vec::grad_query<K, 4>(l, ok, key, g.rows.rel.data(), G.data(), Qq.data(), Kp.data(), R, y, dd, dQ,
-                              dRv.data());
+        vec::grad_query<K, 4>(l, ok, key, rrel, G.data(), Kp.data(), R, y, dd, dQ);
         vec::grad_key_value<K, 4>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
                                   dVp.data());
       }
       for (; dd < g.d; ++dd) {
-        vec::grad_query<K, 1>(l, ok, key, g.rows.rel.data(), G.data(), Qq.data(), Kp.data(), R, y, dd, dQ,
-                              dRv.data());
+        vec::grad_query<K, 1>(l, ok, key, rrel, G.data(), Kp.data(), R, y, dd, dQ);
         vec::grad_key_value<K, 1>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
                                   dVp.data());
       }
+      for (dd = 0; dd + kRelBlock <= g.d; dd += kRelBlock)
+        vec::grad_rel<K, kRelBlock>(l, ok, rrel, G.data(), Qq.data(), y, dd, dRv.data());
+      for (; dd < g.d; ++dd) vec::grad_rel<K, 1>(l, ok, rrel, G.data(), Qq.data(), y, dd, dRv.data());
     }
     vec::from_key_planes(l, dKp.data(), gqkv + q_off + C * HW);
     vec::from_key_planes(l, dVp.data(), gqkv + q_off + 2 * C * HW);
@@ -180,14 +175,14 @@ std::vector<torch::Tensor> local_attention_forward(torch::Tensor qkv, torch::Ten
     const scalar_t* r = rel.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* s = lse.data_ptr<scalar_t>();
-    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+    parallel_planes(B * heads, [&](TaskQueue& tasks) {
       if constexpr (std::is_same_v<scalar_t, float>) {
         const bool done = with_vec_kernel(g, [&](auto K) {
-          forward_planes_vec<decltype(K)::value>(g, q, r, static_cast<float>(scale), o, s, begin, end);
+          forward_planes_vec<decltype(K)::value>(g, q, r, static_cast<float>(scale), o, s, tasks);
         });
         if (done) return;
       }
-      forward_planes<scalar_t>(g, q, r, static_cast<scalar_t>(scale), o, s, begin, end);
+      forward_planes<scalar_t>(g, q, r, static_cast<scalar_t>(scale), o, s, tasks);
     });
   });
   return {out, lse};
@@ -205,20 +200,20 @@ std::vector<torch::Tensor> local_attention_backward(torch::Tensor grad_out, torc
   auto gqkv = torch::empty_like(qkv);
   auto parts = torch::zeros({B, heads, g.T, g.T, g.d}, qkv.options());
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "local_attention_backward", [&] {
-    at::parallel_for(0, B * heads, 1, [&](int64_t begin, int64_t end) {
+    parallel_planes(B * heads, [&](TaskQueue& tasks) {
       if constexpr (std::is_same_v<scalar_t, float>) {
         const bool done = with_vec_kernel(g, [&](auto K) {
           backward_planes_vec<decltype(K)::value>(g, qkv.data_ptr<float>(), rel.data_ptr<float>(),
                                                   out.data_ptr<float>(), lse.data_ptr<float>(),
                                                   grad_out.data_ptr<float>(), static_cast<float>(scale),
-                                                  gqkv.data_ptr<float>(), parts.data_ptr<float>(), begin, end);
+                                                  gqkv.data_ptr<float>(), parts.data_ptr<float>(), tasks);
         });
         if (done) return;
       }
       backward_planes<scalar_t>(g, qkv.data_ptr<scalar_t>(), rel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
                                 lse.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
                                 static_cast<scalar_t>(scale), gqkv.data_ptr<scalar_t>(),
-                                parts.data_ptr<scalar_t>(), begin, end);
+                                parts.data_ptr<scalar_t>(), tasks);
     });
   });
   return {gqkv, parts.sum(0)};

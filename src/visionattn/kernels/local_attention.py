@@ -62,11 +62,14 @@ def _setup_context(ctx, inputs, output) -> None:
     qkv, rel, heads, kernel_size, border, scale = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # lse never gets a gradient: no zero tensor the size of the logits' rows
     ctx.save_for_backward(qkv, rel, out, lse)
     ctx.args = (heads, kernel_size, border, scale)
 
 
 def _backward(ctx, grad_out, _grad_lse):
+    if grad_out is None:
+        return None, None, None, None, None, None
     qkv, rel, out, lse = ctx.saved_tensors
     gqkv, grel = _bwd(grad_out, qkv, rel, out, lse, *ctx.args)
     return gqkv, grel, None, None, None, None

@@ -4,7 +4,10 @@
 
 #pragma once
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -16,6 +19,28 @@
 namespace lattn {
 
 enum Border : int64_t { kMask = 0, kZero = 1, kClamp = 2 };
+
+// The (batch, head) planes still to do, handed out one at a time: at::parallel_for splits its range evenly
+// between the threads up front, so on a shared machine one slowed-down thread would hold everyone up.
+class TaskQueue {
+ public:
+  explicit TaskQueue(int64_t n) : n_(n) {}
+  int64_t next() {
+    const int64_t t = next_.fetch_add(1, std::memory_order_relaxed);
+    return t < n_ ? t : -1;
+  }
+
+ private:
+  std::atomic<int64_t> next_{0};
+  const int64_t n_;
+};
+
+// Runs work(queue) on every thread (each thread keeps its scratch buffers across the planes it takes).
+template <typename F>
+void parallel_planes(int64_t n, F work) {
+  TaskQueue queue(n);
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) { work(queue); });
+}
 
 // Where window slot w of query position i lies, along one axis; positions are in padded coordinates.
 struct Axis {
@@ -219,12 +244,11 @@ void row_output(const Geometry& g, const T* P, const T* Vp, int64_t y, T* O) {
 }
 
 template <typename T>
-void forward_planes(const Geometry& g, const T* qkv, const T* rel, T scale, T* out, T* lse, int64_t begin,
-                    int64_t end) {
+void forward_planes(const Geometry& g, const T* qkv, const T* rel, T scale, T* out, T* lse, TaskQueue& tasks) {
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = g.k * g.k;
   std::vector<T> Kp(g.d * g.Hp * g.Wp), Vp(g.d * g.Hp * g.Wp), L(slots * g.W), m(g.W), s(g.W);
   const std::vector<T> bias = column_bias<T>(g);
-  for (int64_t task = begin; task < end; ++task) {
+  for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const T* Q = qkv + (b * 3 * C + h * g.d) * HW;
     pad_planes(g, Q + C * HW, Kp.data());
@@ -321,11 +345,11 @@ void row_backward(const Geometry& g, const T* Q, const T* Kp, const T* Vp, const
 
 template <typename T>
 void backward_planes(const Geometry& g, const T* qkv, const T* rel, const T* out, const T* lse, const T* gout,
-                     T scale, T* gqkv, T* grel_parts, int64_t begin, int64_t end) {
+                     T scale, T* gqkv, T* grel_parts, TaskQueue& tasks) {
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = g.k * g.k, padded = g.d * g.Hp * g.Wp;
   std::vector<T> Kp(padded), Vp(padded), dKp(padded), dVp(padded), L(slots * g.W), G(slots * g.W), D(g.W);
   const std::vector<T> bias = column_bias<T>(g);
-  for (int64_t task = begin; task < end; ++task) {
+  for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const int64_t q_off = (b * 3 * C + h * g.d) * HW, o_off = (b * C + h * g.d) * HW;
     const T* Q = qkv + q_off;

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -78,16 +79,26 @@ inline void store_lanes(float* dst, v8 v, int64_t n) {
   else for (int64_t i = 0; i < n; ++i) dst[i] = v[i];
 }
 
-// L[wy, wx][x] = scale * a(y, x) . (b_(ky, x + wx) + r) + bias, over the valid window rows (others: `fill`).
-// With REL = false (dP = dO . v) there is no r, no scale and no bias.
-template <int K, bool REL>
+// What dots() stores for each window slot, fused into the pass that computes the products:
+//   kLogits: s = scale * q . (k + r) + bias, and the running row maximum M = max_w s (forward);
+//   kProbs:  P = exp(s - lse), the forward's softmax rebuilt from its log-sum-exp (backward);
+//   kGrad:   G = scale * P (dO . v - D), the logits' gradient dS times the scale, P read from `P` (backward).
+enum class Epi { kLogits, kProbs, kGrad };
+
+// One query row y: L[wy, wx][x] for every window slot, a(y, x) against b_(ky, x + wx) (+ r for kLogits and
+// kProbs; kGrad has no r, scale only in the epilogue). `row` is M (kLogits), lse (kProbs) or D (kGrad), Wv
+// long. Window rows outside the softmax are filled with -inf (kLogits) or 0.
+template <int K, Epi E>
 void dots(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel, const float* A,
-          const float* B, const float* R, const float* bias, int64_t y, float scale, float fill, float* L) {
+          const float* B, const float* R, const float* bias, const float* P, int64_t y, float scale, float* row,
+          float* L) {
+  constexpr bool kRel = E != Epi::kGrad;
+  const float fill = E == Epi::kLogits ? -std::numeric_limits<float>::infinity() : 0.0f;
   for (int64_t wy = 0; wy < K; ++wy) {
     if (!row_ok[y * K + wy]) {
       for (int64_t wx = 0; wx < K; ++wx) {
-        float* row = L + (wy * K + wx) * l.Wq + kLp;
-        std::fill(row, row + l.Wv, fill);
+        float* out = L + (wy * K + wx) * l.Wq + kLp;
+        std::fill(out, out + l.Wv, fill);
       }
       continue;
     }
@@ -97,25 +108,54 @@ void dots(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const 
       for (int64_t dd = 0; dd < l.d; ++dd) {
         const v8 a = ld(A + l.qrow(dd, y) + x0);
         const float* b = B + l.krow(dd, ky) + x0;
-        if (REL) {
+        if (kRel) {
           const float* r = R + rr * l.T * l.d + dd;
           for (int wx = 0; wx < K; ++wx) acc[wx] += a * (ld(b + wx) + bc(r[wx * l.d]));
         } else {
           for (int wx = 0; wx < K; ++wx) acc[wx] += a * ld(b + wx);
         }
       }
+      const v8 rv = ld(row + x0);
+      v8 m = rv;
       for (int wx = 0; wx < K; ++wx) {
         float* out = L + (wy * K + wx) * l.Wq + kLp + x0;
-        st(out, REL ? acc[wx] * bc(scale) + ld(bias + wx * l.Wv + x0) : acc[wx]);
+        if (E == Epi::kLogits) {
+          const v8 s = acc[wx] * bc(scale) + ld(bias + wx * l.Wv + x0);
+          m = m > s ? m : s;
+          st(out, s);
+        } else if (E == Epi::kProbs) {
+          st(out, vexp(acc[wx] * bc(scale) + ld(bias + wx * l.Wv + x0) - rv));
+        } else {
+          st(out, bc(scale) * ld(P + (wy * K + wx) * l.Wq + kLp + x0) * (acc[wx] - rv));
+        }
       }
+      if (E == Epi::kLogits) st(row + x0, m);
     }
   }
 }
 
-// out(dd, y, x) = sum_w P_w(x) v_w(dd, x): blocks of DB channels share each load of P.
+// The forward softmax of one row, unnormalised: L <- exp(L - M) in place; M <- log-sum-exp, inv <- 1 / sum.
+inline void softmax_row(const Layout& l, int64_t slots, float* L, float* M, float* inv) {
+  for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+    const v8 m = ld(M + x0);
+    v8 s = {};
+    for (int64_t w = 0; w < slots; ++w) {
+      float* p = L + w * l.Wq + kLp + x0;
+      const v8 e = vexp(ld(p) - m);
+      st(p, e);
+      s += e;
+    }
+    for (int i = 0; i < 8; ++i) {
+      M[x0 + i] += std::log(s[i]);
+      inv[x0 + i] = 1.0f / s[i];
+    }
+  }
+}
+
+// out(dd, y, x) = inv(x) sum_w P_w(x) v_w(dd, x): blocks of DB channels share each load of P.
 template <int K, int DB>
 void weighted_sum(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const float* P, const float* V,
-                  int64_t y, int64_t dd0, float* O) {
+                  const float* inv, int64_t y, int64_t dd0, float* O) {
   for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
     v8 acc[DB] = {};
     for (int64_t wy = 0; wy < K; ++wy) {
@@ -126,28 +166,46 @@ void weighted_sum(const Layout& l, const uint8_t* row_ok, const int32_t* row_key
         for (int j = 0; j < DB; ++j) acc[j] += p * ld(V + l.krow(dd0 + j, ky) + x0 + wx);
       }
     }
-    for (int j = 0; j < DB; ++j) store_lanes(O + ((dd0 + j) * l.H + y) * l.W + x0, acc[j], l.W - x0);
+    const v8 s = ld(inv + x0);
+    for (int j = 0; j < DB; ++j) store_lanes(O + ((dd0 + j) * l.H + y) * l.W + x0, acc[j] * s, l.W - x0);
   }
 }
 
-// dq(dd, y, x) = sum_w G_w(x) (k_w + r_w)(dd),  dRv[w, dd] += G_w(x) q(dd, x) (8 lanes, summed at the end).
+// dR[rr, wx, dd] += sum_x G_(wy,wx)(x) q(dd, x) over one query row: K slots x DB channels in registers, so
+// the table is read and written once per row rather than once per 8 queries.
+template <int K, int DB>
+void grad_rel(const Layout& l, const uint8_t* row_ok, const int32_t* row_rel, const float* G, const float* Qq,
+              int64_t y, int64_t dd0, v8* dRv) {
+  for (int64_t wy = 0; wy < K; ++wy) {
+    if (!row_ok[y * K + wy]) continue;
+    v8 acc[K][DB] = {};
+    for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+      v8 q[DB];
+      for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
+      for (int wx = 0; wx < K; ++wx) {
+        const v8 g = ld(G + (wy * K + wx) * l.Wq + kLp + x0);
+        for (int j = 0; j < DB; ++j) acc[wx][j] += g * q[j];
+      }
+    }
+    const int64_t t = row_rel[y * K + wy] * l.T * l.d + dd0;
+    for (int wx = 0; wx < K; ++wx)
+      for (int j = 0; j < DB; ++j) dRv[t + wx * l.d + j] += acc[wx][j];
+  }
+}
+
+// dq(dd, y, x) = sum_w G_w(x) (k_w + r_w)(dd): blocks of DB channels share each load of G.
 template <int K, int DB>
 void grad_query(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel,
-                const float* G, const float* Qq, const float* Kp, const float* R, int64_t y, int64_t dd0, float* dQ,
-                v8* dRv) {
+                const float* G, const float* Kp, const float* R, int64_t y, int64_t dd0, float* dQ) {
   for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
-    v8 acc[DB] = {}, q[DB];
-    for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
+    v8 acc[DB] = {};
     for (int64_t wy = 0; wy < K; ++wy) {
       if (!row_ok[y * K + wy]) continue;
       const int64_t ky = row_key[y * K + wy], rr = row_rel[y * K + wy];
       for (int wx = 0; wx < K; ++wx) {
         const v8 g = ld(G + (wy * K + wx) * l.Wq + kLp + x0);
         const int64_t t = (rr * l.T + wx) * l.d + dd0;
-        for (int j = 0; j < DB; ++j) {
-          acc[j] += g * (ld(Kp + l.krow(dd0 + j, ky) + x0 + wx) + bc(R[t + j]));
-          dRv[t + j] += g * q[j];
-        }
+        for (int j = 0; j < DB; ++j) acc[j] += g * (ld(Kp + l.krow(dd0 + j, ky) + x0 + wx) + bc(R[t + j]));
       }
     }
     for (int j = 0; j < DB; ++j) store_lanes(dQ + ((dd0 + j) * l.H + y) * l.W + x0, acc[j], l.W - x0);

@@ -64,12 +64,17 @@ _BAM = "Park et al. 2018, BAM"
 _GE = "Hu et al. 2018, Gather-Excite"
 _CONDCONV = "Yang et al. 2019, CondConv"
 _DYCONV = "Chen et al. 2020, Dynamic Convolution"
-_ATTN_PAPERS = {"se": _SE, "eca": _ECA, "cbam": _CBAM, "bam": _BAM, "ge_theta_minus": _GE, "ge_theta": _GE,
+_SK = "Li et al. 2019, Selective Kernel Networks"
+_SPLAT = "Zhang et al. 2020, ResNeSt"
+_ATTN_PAPERS = {"sk": _SK, "splat": _SPLAT,
+                "se": _SE, "eca": _ECA, "cbam": _CBAM, "bam": _BAM, "ge_theta_minus": _GE, "ge_theta": _GE,
                 "ge_theta_plus": _GE, "condconv": _CONDCONV, "dynamic_conv": _DYCONV}
-_DISPLAY = {"se": "SE", "eca": "ECA", "cbam": "CBAM", "bam": "BAM", "ge_theta_minus": "GE-theta-minus",
+_DISPLAY = {"sk": "SK (M=2, groups of the block)", "splat": "split attention (radix 2)",
+            "se": "SE", "eca": "ECA", "cbam": "CBAM", "bam": "BAM", "ge_theta_minus": "GE-theta-minus",
             "ge_theta": "GE-theta (global extent)", "ge_theta_plus": "GE-theta-plus (global extent)",
             "condconv": "CondConv (8 experts)", "dynamic_conv": "dynamic convolution (4 experts)"}
-_WHERE = {"bam": "at the end of every stage but the last", "condconv": "in place of every block convolution",
+_WHERE = {"sk": "in place of every 3x3 convolution", "splat": "in place of every 3x3 convolution",
+          "bam": "at the end of every stage but the last", "condconv": "in place of every block convolution",
           "dynamic_conv": "in place of every block convolution"}
 
 # "{attn}_{backbone}" for every backbone listed with the attention layer: the rows of tables 2.1-10.1.
@@ -84,6 +89,9 @@ _PLUGGED: dict[str, tuple[str, ...]] = {
     "ge_theta_plus": ("resnet50", "resnet101", "resnet20"),
     "condconv": ("resnet18", "resnet50", "resnet20"),
     "dynamic_conv": ("resnet18", "resnet50", "resnet20"),
+    # SK and SplAt on the plain small ResNet, so that one baseline serves the whole comparison bench
+    "sk": ("resnet20",),
+    "splat": ("resnet20",),
 }
 
 # Networks whose paper redesigned the whole backbone around the layer.
