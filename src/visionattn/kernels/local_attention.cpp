@@ -79,7 +79,6 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, f
 template <int K>
 void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, const float* out, const float* lse,
                          const float* gout, float scale, float* gqkv, float* grel_parts, TaskQueue& tasks) {
-  constexpr int kRelBlock = K <= 5 ? 2 : 1;  // K x kRelBlock accumulators of grad_rel stay in registers
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K, keys = l.d * l.Hp * l.Wk;
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
@@ -115,18 +114,15 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, 
                                     D.data(), G.data());
       int64_t dd = 0;
       for (; dd + 4 <= g.d; dd += 4) {
-        vec::grad_query<K, 4>(l, ok, key, rrel, G.data(), Kp.data(), R, y, dd, dQ);
+        vec::grad_query<K, 4>(l, ok, key, rrel, G.data(), Qq.data(), Kp.data(), R, y, dd, dQ, dRv.data());
         vec::grad_key_value<K, 4>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
                                   dVp.data());
       }
       for (; dd < g.d; ++dd) {
-        vec::grad_query<K, 1>(l, ok, key, rrel, G.data(), Kp.data(), R, y, dd, dQ);
+        vec::grad_query<K, 1>(l, ok, key, rrel, G.data(), Qq.data(), Kp.data(), R, y, dd, dQ, dRv.data());
         vec::grad_key_value<K, 1>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
                                   dVp.data());
       }
-      for (dd = 0; dd + kRelBlock <= g.d; dd += kRelBlock)
-        vec::grad_rel<K, kRelBlock>(l, ok, rrel, G.data(), Qq.data(), y, dd, dRv.data());
-      for (; dd < g.d; ++dd) vec::grad_rel<K, 1>(l, ok, rrel, G.data(), Qq.data(), y, dd, dRv.data());
     }
     vec::from_key_planes(l, dKp.data(), gqkv + q_off + C * HW);
     vec::from_key_planes(l, dVp.data(), gqkv + q_off + 2 * C * HW);

@@ -29,25 +29,24 @@ inline float hsum(v8 v) { float s = 0; for (int i = 0; i < 8; ++i) s += v[i]; re
 inline int64_t up8(int64_t n) { return (n + 7) / 8 * 8; }
 
 // exp of 8 lanes: Cephes' single-precision polynomial after range reduction by powers of 2 (about 1 ulp);
-// inputs below -87, including -inf, give exactly 0.
+// inputs below -87, including -inf, give exactly 0, inputs above 88 are clamped to 88. The power of 2 is
+// rounded with the 1.5 * 2^23 trick, whose float keeps n in its low mantissa bits: no float/int conversions.
 typedef int32_t i8 __attribute__((vector_size(32)));
 inline v8 vexp(v8 x0) {
-  v8 x = x0 < -87.0f ? bc(-87.0f) : x0;
-  x = x > 88.0f ? bc(88.0f) : x;
-  const v8 t = x * 1.44269504088896341f + 0.5f;
-  v8 fx = __builtin_convertvector(__builtin_convertvector(t, i8), v8);
-  fx = fx > t ? fx - 1.0f : fx;  // floor
-  x = x - fx * 0.693359375f + fx * 2.12194440e-4f;
-  const v8 z = x * x;
-  v8 y = x * 1.9875691500e-4f + 1.3981999507e-3f;
-  y = y * x + 8.3334519073e-3f;
-  y = y * x + 4.1665795894e-2f;
-  y = y * x + 1.6666665459e-1f;
-  y = y * x + 5.0000001201e-1f;
-  y = y * z + x + 1.0f;
-  const i8 bits = (__builtin_convertvector(fx, i8) + 127) << 23;
-  const v8 r = y * reinterpret_cast<const v8&>(bits);
-  return x0 < -87.0f ? v8{} : r;
+  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
+  const v8 x = x0 > 88.0f ? bc(88.0f) : x0;
+  const v8 t = x * 1.44269504088896341f + kShift;  // n = round(x / ln 2) sits in t's low mantissa bits
+  const v8 n = t - kShift;
+  const v8 r = x - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln 2, ln 2 split for accuracy
+  const v8 z = r * r;
+  v8 y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  const i8 bits = (reinterpret_cast<const i8&>(t) + 127) << 23;  // 2^n (bits of n + 127 above the mantissa)
+  return x0 < -87.0f ? v8{} : y * reinterpret_cast<const v8&>(bits);
 }
 
 struct Layout {
@@ -171,41 +170,24 @@ void weighted_sum(const Layout& l, const uint8_t* row_ok, const int32_t* row_key
   }
 }
 
-// dR[rr, wx, dd] += sum_x G_(wy,wx)(x) q(dd, x) over one query row: K slots x DB channels in registers, so
-// the table is read and written once per row rather than once per 8 queries.
-template <int K, int DB>
-void grad_rel(const Layout& l, const uint8_t* row_ok, const int32_t* row_rel, const float* G, const float* Qq,
-              int64_t y, int64_t dd0, v8* dRv) {
-  for (int64_t wy = 0; wy < K; ++wy) {
-    if (!row_ok[y * K + wy]) continue;
-    v8 acc[K][DB] = {};
-    for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
-      v8 q[DB];
-      for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
-      for (int wx = 0; wx < K; ++wx) {
-        const v8 g = ld(G + (wy * K + wx) * l.Wq + kLp + x0);
-        for (int j = 0; j < DB; ++j) acc[wx][j] += g * q[j];
-      }
-    }
-    const int64_t t = row_rel[y * K + wy] * l.T * l.d + dd0;
-    for (int wx = 0; wx < K; ++wx)
-      for (int j = 0; j < DB; ++j) dRv[t + wx * l.d + j] += acc[wx][j];
-  }
-}
-
-// dq(dd, y, x) = sum_w G_w(x) (k_w + r_w)(dd): blocks of DB channels share each load of G.
+// dq(dd, y, x) = sum_w G_w(x) (k_w + r_w)(dd),  dRv[w, dd] += G_w(x) q(dd, x) (8 lanes, summed at the end).
 template <int K, int DB>
 void grad_query(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel,
-                const float* G, const float* Kp, const float* R, int64_t y, int64_t dd0, float* dQ) {
+                const float* G, const float* Qq, const float* Kp, const float* R, int64_t y, int64_t dd0, float* dQ,
+                v8* dRv) {
   for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
-    v8 acc[DB] = {};
+    v8 acc[DB] = {}, q[DB];
+    for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
     for (int64_t wy = 0; wy < K; ++wy) {
       if (!row_ok[y * K + wy]) continue;
       const int64_t ky = row_key[y * K + wy], rr = row_rel[y * K + wy];
       for (int wx = 0; wx < K; ++wx) {
         const v8 g = ld(G + (wy * K + wx) * l.Wq + kLp + x0);
         const int64_t t = (rr * l.T + wx) * l.d + dd0;
-        for (int j = 0; j < DB; ++j) acc[j] += g * (ld(Kp + l.krow(dd0 + j, ky) + x0 + wx) + bc(R[t + j]));
+        for (int j = 0; j < DB; ++j) {
+          acc[j] += g * (ld(Kp + l.krow(dd0 + j, ky) + x0 + wx) + bc(R[t + j]));
+          dRv[t + j] += g * q[j];
+        }
       }
     }
     for (int j = 0; j < DB; ++j) store_lanes(dQ + ((dd0 + j) * l.H + y) * l.W + x0, acc[j], l.W - x0);
