@@ -32,7 +32,7 @@ data:
 CHANNEL_MODELS := se_resnet20,eca_resnet20,cbam_resnet20,bam_resnet20,ge_theta_minus_resnet20,ge_theta_resnet20,ge_theta_plus_resnet20
 BRANCH_MODELS := sk_resnet20,splat_resnet20,condconv_resnet20,dynamic_conv_resnet20
 DEMO_MODELS := resnet20,$(CHANNEL_MODELS),$(BRANCH_MODELS)
-DEMO_ARGS ?= --train-subset 6000 --epochs 2 --seeds 0
+DEMO_ARGS ?= --train-subset 6000 --epochs 2 --warmup-epochs 0.2 --seeds 0
 
 demo: $(STAMP) data
 	$(PY) -m visionattn compare --models $(DEMO_MODELS) --data fashion-mnist $(DEMO_ARGS) --out runs/demo
