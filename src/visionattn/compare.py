@@ -161,7 +161,10 @@ def _deltas(rows: list[dict[str, Any]], base: dict[str, Any]) -> str:
         if r is base:
             continue
         delta, spread = r["top1_mean"] - base["top1_mean"], max(r["top1_std"], base["top1_std"])
-        verdict = "helped" if delta > spread else "hurt" if delta < -spread else "within the spread"
+        if min(r["seeds"], base["seeds"]) < 2:
+            verdict = "one seed, no spread to judge it by"
+        else:
+            verdict = "helped" if delta > spread else "hurt" if delta < -spread else "within the spread"
         lines.append(f"- {r['model']}: {delta:+.2f} (spread {spread:.2f}): {verdict}; "
                      f"{r['params'] / max(base['params'], 1):.2f}x parameters, "
                      f"{r['latency_ms'] / max(base['latency_ms'], 1e-9):.2f}x latency")
