@@ -88,14 +88,14 @@ def test_empty_lists_are_refused(fmnist, tmp_path, bad, match):
 
 
 def test_cli_compare_on_an_image_folder(tmp_path, capsys):
-    """The user's own images: scikit-learn digits as PNG files, real registered models."""
+    """The user's own images: scikit-learn digits as 8x8 PNG files; GE-theta is built for that size."""
     root = make_digit_folder(tmp_path / "digits", classes=(0, 1, 2), per_class=8)
     out = tmp_path / "cmp"
-    code = cli.main(["compare", "--models", "resnet20,eca_resnet20", "--data", str(root), "--epochs", "1",
+    code = cli.main(["compare", "--models", "resnet20,ge_theta_resnet20", "--data", str(root), "--epochs", "1",
                      "--seeds", "0", "--batch-size", "6", "--threads", "1", "--no-progress", "--out", str(out),
                      "--cost-batch", "2"])
     assert code == 0
     text = capsys.readouterr().out
-    assert "| resnet20 " in text and "| eca_resnet20 " in text and str(out) in text
+    assert "| resnet20 " in text and "| ge_theta_resnet20 " in text and str(out) in text
     config = json.loads((out / "runs" / "resnet20-seed0" / "config.json").read_text())
     assert config["data"]["num_classes"] == 3 and config["data"]["image_size"] == [8, 8]

@@ -308,3 +308,17 @@ def test_augment_argument_checks():
         Augment(Normalize([0.5], [0.5]), crop_padding=-1)
     with pytest.raises(ValueError, match="erasing: got 1.5"):
         Augment(Normalize([0.5], [0.5]), erasing=1.5)
+
+
+def test_balanced_subset_is_class_balanced_and_fixed():
+    from visionattn.data import ArrayDataset
+
+    labels = torch.tensor([0] * 70 + [1] * 20 + [2] * 10)
+    ds = ArrayDataset(torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1), labels, ["a", "b", "c"])
+    sub = ds.balanced_subset(30)
+    assert torch.bincount(sub.labels).tolist() == [10, 10, 10]
+    assert torch.equal(sub.images, ds.balanced_subset(30).images)  # the same images every call
+    assert torch.bincount(ds.balanced_subset(45).labels).tolist() == [18, 17, 10]  # class c has only 10
+    assert ds.balanced_subset(500) is ds
+    with pytest.raises(ValueError, match="subset size"):
+        ds.balanced_subset(0)

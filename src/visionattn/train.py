@@ -28,8 +28,8 @@ from torch.utils.data import DistributedSampler
 from visionattn import distributed
 from visionattn.checkpoint import CheckpointDir, CheckpointError, capture_rng, restore_rng, save_weights
 from visionattn.data import Augment, DataSplits, Normalize, channel_stats, epoch_generator, load_dataset
+from visionattn.info import build_for_input
 from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args
-from visionattn.registry import create_model
 from visionattn.runlog import RunLog, default_run_dir
 
 __all__ = ["train", "run_cli", "TrainResult", "Trainer"]
@@ -119,8 +119,9 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
-        self.model = create_model(cfg.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
-                                  **cfg.model_args).to(info.device)
+        # built for the data's image size too: some designs (GE-theta's global gather) fix it
+        self.model = build_for_input(cfg.model, self.data.train.image_shape, num_classes=self.data.num_classes,
+                                     **cfg.model_args)[0].to(info.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg)

@@ -99,3 +99,15 @@ def randomize_batch_norms(module: torch.nn.Module, seed: int = 0) -> None:
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(n, generator=g) * 0.3)
+
+
+def eval_with_trained_batch_norms(layer: torch.nn.Module, channels: int, seed: int = 3) -> torch.nn.Module:
+    """Random BatchNorm affine parameters, running statistics from one training-mode batch, then eval mode."""
+    torch.manual_seed(seed)
+    for m in layer.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.normal_(m.bias)
+    with torch.no_grad():
+        layer.train()(torch.randn(4, channels, 6, 6) * 2 + 0.5)
+    return layer.eval()

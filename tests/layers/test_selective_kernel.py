@@ -5,29 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import visionattn
+from tests.layers.direct import batch_norm_eval, eval_with_trained_batch_norms
 from visionattn.layers import SelectiveKernel
-
-
-def _batch_norm(y: torch.Tensor, bn: nn.Module) -> torch.Tensor:
-    """Eval-mode BatchNorm written out; y is (B, C, ...) with statistics per C."""
-    shape = (1, -1) + (1,) * (y.dim() - 2)
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    return (y - bn.running_mean.view(shape)) * scale.view(shape) + bn.bias.view(shape)
-
-
-def _prepared(layer: nn.Module, channels: int) -> nn.Module:
-    """Non-trivial BatchNorm affine parameters and running statistics, then eval mode."""
-    torch.manual_seed(3)
-    for m in layer.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.normal_(m.bias)
-    with torch.no_grad():
-        layer.train()(torch.randn(4, channels, 6, 6) * 2 + 0.5)
-    return layer.eval()
 
 
 def _reference(layer: SelectiveKernel, x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -36,9 +17,9 @@ def _reference(layer: SelectiveKernel, x: torch.Tensor, stride: int) -> torch.Te
     for level, branch in enumerate(layer.split.branches, start=1):  # eq. 7.1, branch l: 3x3 dilated by l
         conv, bn = branch[0], branch[1]
         y = F.conv2d(x, conv.weight, None, stride, padding=level, dilation=level, groups=conv.groups)
-        u.append(torch.relu(_batch_norm(y, bn)))
+        u.append(torch.relu(batch_norm_eval(y, bn)))
     s = sum(u).mean(dim=(2, 3))  # eq. 7.2-7.3
-    z = torch.relu(_batch_norm(s @ layer.fuse.fc.weight.T, layer.fuse.bn))  # eq. 7.4
+    z = torch.relu(batch_norm_eval(s @ layer.fuse.fc.weight.T, layer.fuse.bn))  # eq. 7.4
     c = layer.out_channels
     logits = [z @ layer.select.fc.weight[j * c : (j + 1) * c].T for j in range(m)]  # eq. 7.5, W_l per branch
     out = torch.zeros_like(u[0])
@@ -52,8 +33,8 @@ def _reference(layer: SelectiveKernel, x: torch.Tensor, stride: int) -> torch.Te
 
 @pytest.mark.parametrize("stride,branches,out_channels", [(1, 2, 6), (2, 3, 4)])
 def test_output_matches_equations(stride, branches, out_channels):
-    layer = _prepared(SelectiveKernel(4, out_channels, stride=stride, groups=2, num_branches=branches,
-                                      rd_channels=5), 4)
+    sk = SelectiveKernel(4, out_channels, stride=stride, groups=2, num_branches=branches, rd_channels=5)
+    layer = eval_with_trained_batch_norms(sk, 4)
     x = torch.randn(2, 4, 7, 6, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(layer(x), _reference(layer, x, stride), atol=1e-5, rtol=1e-4)
@@ -71,7 +52,7 @@ def test_dilated_branch_is_a_5x5_kernel():
 
 
 def test_attention_is_a_softmax_over_branches_per_channel():
-    layer = _prepared(SelectiveKernel(8, groups=4, num_branches=3), 8)
+    layer = eval_with_trained_batch_norms(SelectiveKernel(8, groups=4, num_branches=3), 8)
     with torch.no_grad():
         a = layer.attention(torch.randn(3, 8, 5, 5))
     assert a.shape == (3, 3, 8)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import visionattn
+from tests.layers.direct import eval_with_trained_batch_norms
 from visionattn.layers import SplitAttention, SplitAttention0
 
 
@@ -16,18 +17,6 @@ def _affine_bn(y: torch.Tensor, bn: nn.Module, rows: slice) -> torch.Tensor:
     shape = (1, -1) + (1,) * (y.dim() - 2)
     scale = bn.weight[rows] / torch.sqrt(bn.running_var[rows] + bn.eps)
     return (y - bn.running_mean[rows].view(shape)) * scale.view(shape) + bn.bias[rows].view(shape)
-
-
-def _prepared(layer: nn.Module, channels: int) -> nn.Module:
-    """Non-trivial BatchNorm affine parameters and running statistics, then eval mode."""
-    torch.manual_seed(3)
-    for m in layer.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.normal_(m.bias)
-    with torch.no_grad():
-        layer.train()(torch.randn(4, channels, 6, 6) * 2 + 0.5)
-    return layer.eval()
 
 
 def _reference(layer: SplitAttention, x: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
@@ -66,7 +55,7 @@ def _reference(layer: SplitAttention, x: torch.Tensor, stride: int, dilation: in
     (SplitAttention0, {"radix": 1, "dilation": 2}),  # SplAt-0 with r = 1: sigmoid
 ])
 def test_output_matches_equations(cls, kwargs):
-    layer = _prepared(cls(8, rd_channels=4, **kwargs), 8)
+    layer = eval_with_trained_batch_norms(cls(8, rd_channels=4, **kwargs), 8)
     x = torch.randn(2, 8, 7, 6, generator=torch.Generator().manual_seed(0))
     expected = _reference(layer, x, kwargs.get("stride", 1), kwargs.get("dilation", 1))
     with torch.no_grad():
@@ -74,7 +63,7 @@ def test_output_matches_equations(cls, kwargs):
 
 
 def test_attention_sums_to_one_within_each_cardinal_group():
-    layer = _prepared(SplitAttention(12, groups=2, radix=3, rd_channels=4, out_channels=6), 12)
+    layer = eval_with_trained_batch_norms(SplitAttention(12, groups=2, radix=3, rd_channels=4, out_channels=6), 12)
     with torch.no_grad():
         a = layer.attention(torch.randn(3, 12, 5, 5))
     assert a.shape == (3, 3, 6)
