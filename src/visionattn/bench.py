@@ -17,7 +17,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from visionattn.complexity import count_macs, count_params
-from visionattn.registry import create_attn, get_attn_entry
+from visionattn.registry import create_attn_for_size
 
 __all__ = ["parse_shape", "median_ms", "peak_memory_bytes", "BenchResult", "bench_module", "bench_layers",
            "bench_models", "write_report"]
@@ -140,8 +140,7 @@ def bench_layers(names: list[str], shape: tuple[int, int, int], batch: int = 8, 
     x = torch.randn(batch, c, h, w, device=device)
     results = []
     for name in names:
-        kwargs = {"spatial_size": (h, w)} if get_attn_entry(name).needs_spatial_size else {}
-        results.append(bench_module(name, create_attn(name, c, **kwargs), x, warmup, reps))
+        results.append(bench_module(name, create_attn_for_size(name, c, (h, w)), x, warmup, reps))
     return results
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from visionattn.bench import bench_module, median_ms
+from visionattn.checkpoint import atomic_write
 from visionattn.complexity import count_macs, count_params, format_table
 from visionattn.info import build_for_input
 from visionattn.recipe import TrainConfig
@@ -74,9 +75,7 @@ def _cost(out: Path, model: str, input_shape: tuple[int, int, int], num_classes:
     log(f"{model}: measuring cost (batch {batch})")
     cost = measure_cost(model, input_shape, num_classes, batch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cost, indent=2))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(cost, indent=2).encode())
     return cost
 
 
@@ -117,7 +116,7 @@ def _check_plan(out: Path, models: list[str], seeds: list[int], base: TrainConfi
         if changed:
             raise ValueError(f"{out} holds a comparison with another recipe (differs in {', '.join(changed)}); "
                              "use another --out folder or the same options")
-    path.write_text(json.dumps({"models": models, "seeds": seeds, "recipe": recipe}, indent=2))
+    atomic_write(path, json.dumps({"models": models, "seeds": seeds, "recipe": recipe}, indent=2).encode())
 
 
 def summarise(model: str, results: list[dict[str, Any]], cost: dict[str, float]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from visionattn.registry import create_attn, get_attn_entry, list_attn
+from visionattn.registry import create_attn_for_size, get_attn_entry, list_attn
 
 __all__ = ["count_params", "count_macs", "layer_rows", "format_table"]
 
@@ -37,8 +37,7 @@ def layer_rows(channels: int = 64, size: tuple[int, int] = (56, 56)) -> list[dic
     x = torch.randn(1, channels, *size)
     for name in list_attn():
         entry = get_attn_entry(name)
-        kwargs = {"spatial_size": size} if entry.needs_spatial_size else {}
-        layer = create_attn(name, channels, **kwargs)
+        layer = create_attn_for_size(name, channels, size)
         rows.append({"name": name, "family": entry.family, "paper": entry.paper,
                      "params": count_params(layer), "macs": count_macs(layer, x),
                      "description": entry.description})

@@ -21,6 +21,7 @@ __all__ = [
     "MODELS",
     "register_attn",
     "create_attn",
+    "create_attn_for_size",
     "list_attn",
     "get_attn_entry",
     "register_model",
@@ -116,6 +117,14 @@ def create_attn(name: str, channels: int, **kwargs: Any) -> nn.Module:
         >>> layer = create_attn("se", 64, rd_ratio=1 / 8)
     """
     return ATTN.get(name).build(channels, **kwargs)
+
+
+def create_attn_for_size(name: str, channels: int, size: tuple[int, int], **kwargs: Any) -> nn.Module:
+    """:func:`create_attn` for a (``channels``, H, W) feature map of ``size`` = (H, W): designs that fix the
+    spatial size (``Entry.needs_spatial_size``) get ``spatial_size=size`` unless the caller gives one."""
+    if ATTN.get(name).needs_spatial_size:
+        kwargs.setdefault("spatial_size", tuple(size))
+    return create_attn(name, channels, **kwargs)
 
 
 def list_attn(family: str | None = None) -> list[str]:

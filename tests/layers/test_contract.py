@@ -10,7 +10,7 @@ import torch
 
 import visionattn
 from visionattn import testing
-from visionattn.registry import get_attn_entry
+from visionattn.registry import create_attn_for_size, get_attn_entry
 
 CHANNELS = 32
 SIZES = ((8, 8), (12, 10))
@@ -26,12 +26,8 @@ def _cases() -> list[tuple[str, dict[str, Any]]]:
 
 
 def _build(name: str, variant: dict[str, Any], size: tuple[int, int], channels: int = CHANNELS):
-    entry = get_attn_entry(name)
-    kwargs = dict(variant)
-    if entry.needs_spatial_size:
-        kwargs["spatial_size"] = size
     torch.manual_seed(0)
-    return visionattn.create_attn(name, max(channels, entry.min_channels), **kwargs)
+    return create_attn_for_size(name, max(channels, get_attn_entry(name).min_channels), size, **variant)
 
 
 def _input(name: str, size: tuple[int, int], batch: int = 3, channels: int = CHANNELS) -> torch.Tensor:
