@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the Fashion-MNIST result of docs/readme/training.md: ResNet-20 (small-image) with the default recipe
+# Reproduce the Fashion-MNIST result of the README's Training section: ResNet-20 (small-image) with the default recipe
 # (15 epochs, SGD momentum 0.9, lr 0.1, 1 warm-up epoch then cosine, weight decay 5e-4, batch 128, random crop
 # with 2-pixel padding + horizontal flip), in bf16 autocast with channels-last on the CPU.
 #

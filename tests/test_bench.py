@@ -47,3 +47,36 @@ def test_cli_layers_lists_every_layer(capsys):
     text = capsys.readouterr().out
     for name in visionattn.list_attn():
         assert f"| {name} " in text
+
+
+class _RecordsDtype(torch.nn.Module):
+    """A conv that remembers the dtype and memory format its convolution ran in."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.seen = set()
+
+    def forward(self, x):
+        y = self.conv(x)
+        if x.shape[0] > 1:  # the timed runs, not the one-image multiply-add count
+            self.seen.add((y.dtype, x.is_contiguous(memory_format=torch.channels_last)))
+        return y
+
+
+def test_bench_module_runs_in_the_requested_precision_and_format():
+    x = torch.randn(2, 4, 6, 6)
+    plain = _RecordsDtype()
+    bench.bench_module("plain", plain, x, warmup=0, reps=1)
+    assert plain.seen == {(torch.float32, False)}
+    mixed = _RecordsDtype()
+    bench.bench_module("bf16", mixed, x, warmup=0, reps=1, precision="bf16", channels_last=True)
+    assert mixed.seen == {(torch.bfloat16, True)}
+    with pytest.raises(ValueError, match="precision: got 'fp16'"):
+        bench.bench_module("bad", _RecordsDtype(), x, precision="fp16")
+
+
+def test_cli_bench_models_bf16_names_the_precision(capsys):
+    assert cli.main(["bench", "--models", "resnet20", "--input", "1x16x16", "--batch", "2", "--reps", "1",
+                     "--warmup", "0", "--num-classes", "10", "--precision", "bf16", "--channels-last"]) == 0
+    assert "bf16, channels-last" in capsys.readouterr().out

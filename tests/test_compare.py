@@ -35,6 +35,8 @@ def test_comparison_table_plots_and_resume(fmnist, tmp_path, monkeypatch):
         assert r["seeds"] == 2 and r["top1_mean"] == pytest.approx(sum(accs) / 2)
         assert r["params"] > 0 and r["macs"] > 0 and r["train_img_s"] > 0 and r["latency_ms"] > 0
     assert rows[0]["params"] == 8 * 9 + 8 + 16 * 8 * 9 + 16 + 16 * 10 + 10  # TinyNet without BatchNorm
+    cost = json.loads((out / "costs" / "test_tiny.json").read_text())
+    assert (cost["precision"], cost["channels_last"], cost["batch"]) == ("fp32", False, 8)
     # the two seeds are different runs
     runs = rows[0]["runs"]
     assert Path(runs[0]["run_dir"]).name == "test_tiny-seed1" and Path(runs[1]["run_dir"]).name == "test_tiny-seed2"
@@ -53,6 +55,19 @@ def test_comparison_table_plots_and_resume(fmnist, tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "train", no_training)
     again = compare.run_comparison(["test_tiny", "test_tiny_bn"], [1, 2], _base(fmnist), out, log=lambda m: None)
     assert [r["top1_mean"] for r in again] == [r["top1_mean"] for r in rows]
+
+
+def test_cost_is_measured_in_the_recipes_precision(monkeypatch):
+    seen = {}
+
+    def fake_bench(name, model, x, warmup, reps, precision, channels_last):
+        seen.update(precision=precision, channels_last=channels_last)
+        return type("R", (), {"train_images_per_s": 1.0, "train_peak_mb": 1.0})()
+
+    monkeypatch.setattr(compare, "bench_module", lambda *a, **kw: fake_bench(*a, **kw))
+    cost = compare.measure_cost("test_tiny", (1, 28, 28), 10, batch=4, reps=1, precision="bf16", channels_last=True)
+    assert seen == {"precision": "bf16", "channels_last": True}
+    assert cost["precision"] == "bf16" and cost["latency_ms"] > 0
 
 
 def test_interrupted_run_is_resumed_not_restarted(fmnist, tmp_path, monkeypatch):

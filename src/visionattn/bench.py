@@ -16,11 +16,12 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from visionattn.channels_last import to_channels_last
 from visionattn.complexity import count_macs, count_params
 from visionattn.registry import create_attn_for_size
 
 __all__ = ["parse_shape", "median_ms", "peak_memory_bytes", "BenchResult", "bench_module", "bench_layers",
-           "bench_models", "write_report"]
+           "bench_models", "write_report", "PRECISIONS"]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -97,21 +98,41 @@ class BenchResult:
         return row
 
 
-def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2, reps: int = 5) -> BenchResult:
-    """Forward (eval, no grad) and one training step (train mode, SGD) of ``module`` on ``x``."""
+PRECISIONS = ("fp32", "bf16")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: got {precision!r}, needed one of {PRECISIONS}")
+
+
+def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2, reps: int = 5,
+                 precision: str = "fp32", channels_last: bool = False) -> BenchResult:
+    """Forward (eval, no grad) and one training step (train mode, SGD) of ``module`` on ``x``.
+
+    ``precision="bf16"`` runs both under bfloat16 autocast, as the trainer does; ``channels_last`` converts the
+    module and ``x`` to that memory format first (4-D inputs only).
+    """
+    _check_precision(precision)
     device = x.device
     module = module.to(device)
     macs = count_macs(module, x[:1]) * x.shape[0]
+    if channels_last:
+        module = to_channels_last(module)
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9) if count_params(module) else None
     target = None
 
     @torch.no_grad()
     def forward() -> None:
-        module(x)
+        with autocast:
+            module(x)
 
     def train_step() -> None:
         nonlocal target
-        out = module(x)
+        with autocast:
+            out = module(x).float()
         if target is None:
             target = torch.randn(out.shape, device=device, dtype=out.dtype)
         loss = (out * target).mean()
@@ -134,18 +155,21 @@ def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2,
 
 
 def bench_layers(names: list[str], shape: tuple[int, int, int], batch: int = 8, device: str = "cpu",
-                 warmup: int = 2, reps: int = 5) -> list[BenchResult]:
+                 warmup: int = 2, reps: int = 5, precision: str = "fp32",
+                 channels_last: bool = False) -> list[BenchResult]:
     """Benchmark registered attention layers on a (batch, C, H, W) feature map."""
     c, h, w = shape
     x = torch.randn(batch, c, h, w, device=device)
     results = []
     for name in names:
-        results.append(bench_module(name, create_attn_for_size(name, c, (h, w)), x, warmup, reps))
+        layer = create_attn_for_size(name, c, (h, w))
+        results.append(bench_module(name, layer, x, warmup, reps, precision, channels_last))
     return results
 
 
 def bench_models(names: list[str], shape: tuple[int, int, int], batch: int = 8, num_classes: int = 1000,
-                 device: str = "cpu", warmup: int = 2, reps: int = 5) -> list[BenchResult]:
+                 device: str = "cpu", warmup: int = 2, reps: int = 5, precision: str = "fp32",
+                 channels_last: bool = False) -> list[BenchResult]:
     """Benchmark registered models on a (batch, C, H, W) image batch (each built for that input size)."""
     from visionattn.info import build_for_input
 
@@ -153,7 +177,7 @@ def bench_models(names: list[str], shape: tuple[int, int, int], batch: int = 8, 
     results = []
     for name in names:
         model, _ = build_for_input(name, shape, num_classes=num_classes)
-        results.append(bench_module(name, model, x, warmup, reps))
+        results.append(bench_module(name, model, x, warmup, reps, precision, channels_last))
     return results
 
 
@@ -179,6 +203,9 @@ def write_report(results: list[BenchResult], shape: tuple[int, ...], args: objec
             writer.writeheader()
             writer.writerows(rows)
     batch = results[0].batch if results else 0
-    head = (f"batch {batch}, input {'x'.join(map(str, shape))}, {torch.get_num_threads()} threads; "
+    precision = getattr(args, "precision", "fp32")
+    if getattr(args, "channels_last", False):
+        precision += ", channels-last"
+    head = (f"batch {batch}, input {'x'.join(map(str, shape))}, {precision}, {torch.get_num_threads()} threads; "
             f"medians of {getattr(args, 'reps', '?')} runs after {getattr(args, 'warmup', '?')} warm-up runs")
     return head + "\n\n" + format_table(rows, _COLUMNS, human=("params", "macs"))

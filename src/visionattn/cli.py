@@ -39,6 +39,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5, help="repetitions; the median is reported")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: bfloat16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--csv", default=None, help="also write the table as CSV to this path")
 
@@ -53,11 +55,13 @@ def _bench_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.models:
         shape = parse_shape(args.input or "3x224x224")
-        results = bench_models(args.models, shape, args.batch, args.num_classes, args.device, args.warmup, args.reps)
+        results = bench_models(args.models, shape, args.batch, args.num_classes, args.device, args.warmup, args.reps,
+                               args.precision, args.channels_last)
     else:
         shape = parse_shape(args.input or "64x56x56")
         names = list_attn() if args.layers == ["all"] else args.layers
-        results = bench_layers(names, shape, args.batch, args.device, args.warmup, args.reps)
+        results = bench_layers(names, shape, args.batch, args.device, args.warmup, args.reps, args.precision,
+                               args.channels_last)
     print(write_report(results, shape, args, args.csv))
     return 0
 

@@ -53,27 +53,38 @@ def _train_one(cfg: TrainConfig, out: Path, log: Any) -> dict[str, Any]:
 
 
 def measure_cost(model_name: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
-                 reps: int = 3) -> dict[str, float]:
-    """Parameters, MACs per image, training images/s and peak memory at ``batch``, latency of one image."""
+                 reps: int = 3, precision: str = "fp32", channels_last: bool = False) -> dict[str, Any]:
+    """Parameters, MACs per image, training images/s and peak memory at ``batch``, latency of one image.
+
+    Speed and memory are measured in the recipe's ``precision`` and memory format, as the models were trained.
+    """
     model, _ = build_for_input(model_name, input_shape, num_classes=num_classes)
     x = torch.randn(batch, *input_shape)
-    res = bench_module(model_name, model, x, warmup=1, reps=reps)
     one = x[:1]
+    macs = count_macs(model, one)
+    res = bench_module(model_name, model, x, warmup=1, reps=reps, precision=precision, channels_last=channels_last)
+    one = one.contiguous(memory_format=torch.channels_last) if channels_last else one
     model.eval()
-    with torch.no_grad():
-        latency = median_ms(lambda: model(one), torch.device("cpu"), warmup=2, reps=max(5, reps))
-    return {"params": count_params(model), "macs": count_macs(model, one), "train_img_s": res.train_images_per_s,
+
+    @torch.no_grad()
+    def infer() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            model(one)
+
+    latency = median_ms(infer, torch.device("cpu"), warmup=2, reps=max(5, reps))
+    return {"params": count_params(model), "macs": macs, "train_img_s": res.train_images_per_s,
             "latency_ms": latency, "peak_train_mb": res.train_peak_mb, "batch": batch,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "precision": precision, "channels_last": channels_last}
 
 
 def _cost(out: Path, model: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
-          log: Any) -> dict[str, float]:
+          base: TrainConfig, log: Any) -> dict[str, float]:
     path = out / "costs" / f"{model}.json"
     if path.is_file():
         return json.loads(path.read_text())
     log(f"{model}: measuring cost (batch {batch})")
-    cost = measure_cost(model, input_shape, num_classes, batch)
+    cost = measure_cost(model, input_shape, num_classes, batch, precision=base.precision,
+                        channels_last=base.channels_last)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(cost, indent=2).encode())
     return cost
@@ -100,7 +111,7 @@ def run_comparison(models: list[str], seeds: list[int], base: TrainConfig, out: 
     rows = []
     for model in models:
         shape, num_classes = _data_shape(out, model, seeds[0])
-        cost = _cost(out, model, shape, num_classes, cost_batch or base.batch_size, log)
+        cost = _cost(out, model, shape, num_classes, cost_batch or base.batch_size, base, log)
         rows.append(summarise(model, results[model], cost))
     return rows
 

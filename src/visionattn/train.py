@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from visionattn import distributed
+from visionattn.channels_last import to_channels_last
 from visionattn.checkpoint import CheckpointDir, CheckpointError, capture_rng, restore_rng, save_weights
 from visionattn.data import Augment, DataSplits, Normalize, channel_stats, epoch_generator, load_dataset
 from visionattn.info import build_for_input
@@ -123,7 +124,7 @@ class Trainer:
         self.model = build_for_input(cfg.model, self.data.train.image_shape, num_classes=self.data.num_classes,
                                      **cfg.model_args)[0].to(info.device)
         if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = to_channels_last(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.temperature = _temperature_schedule(self.model, cfg, self.steps_per_epoch)

@@ -8,11 +8,17 @@ import warnings
 import pytest
 import torch
 
+import visionattn.kernels.flex_local_attention as flex
 import visionattn.layers.local_attention as la
 from visionattn.complexity import count_macs
 from visionattn.kernels.local_attention import _fwd, kernel_available
 from visionattn.layers.local_attention import LocalSelfAttention2d, local_attention
-from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size
+from visionattn.layers.local_attention_ref import (
+    BORDERS,
+    local_attention_reference,
+    local_attention_unfold,
+    rel_table_size,
+)
 
 needs_kernel = pytest.mark.skipif(not kernel_available(), reason="the C++ kernel cannot be built here")
 
@@ -67,10 +73,19 @@ def test_reference_matches_dense_oracle(border, size, k):
     torch.testing.assert_close(ref, dense_oracle(qkv, rel, 2, k, border, 0.5), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("size,k", [((5, 4), 3), ((6, 7), 5)])
+def test_unfold_formulation_is_the_zero_border(size, k):
+    """The benchmark's baseline (the open implementations' unfold) computes the "zero" border of the reference."""
+    qkv, rel = _inputs(2, 2, 3, *size, k, "zero")
+    q, kk, v = qkv.chunk(3, dim=1)
+    torch.testing.assert_close(local_attention_unfold(q, kk, v, rel, k, 0.5),
+                               local_attention_reference(q, kk, v, rel, k, "zero", 0.5), rtol=1e-10, atol=1e-10)
+
+
 def _grads(fn, qkv, rel, seed=3):
     qkv, rel = qkv.clone().requires_grad_(True), rel.clone().requires_grad_(True)
     out = fn(qkv, rel)
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out)
     return (out, *torch.autograd.grad((out * weight).sum(), (qkv, rel)))
 
 
@@ -88,6 +103,68 @@ def test_kernel_matches_reference(border, dtype, heads, d, size, k):
     for name, a, b in zip(("output", "grad qkv", "grad rel"), got, want):
         assert a.dtype == dtype, name
         torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("border", BORDERS)
+@pytest.mark.parametrize("heads,d,size,k", [(2, 3, (5, 4), 7), (1, 4, (6, 9), 3), (2, 2, (7, 5), 5)])
+def test_flex_formulation_matches_reference(border, heads, d, size, k):
+    """The windows, offsets and relative logits the CUDA path hands to FlexAttention, evaluated densely with
+    autograd: equal to the reference in output and in both gradients."""
+    qkv, rel = _inputs(2, heads, d, *size, k, border)
+    got = _grads(lambda a, r: flex.dense_local_attention(a, r, heads, k, border, 0.6), qkv, rel)
+    want = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.6, impl="reference"), qkv, rel)
+    for name, a, b in zip(("output", "grad qkv", "grad rel"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_flex_window_offsets_written_out():
+    win = flex.Window(4, 5, 3, "zero")  # keys on the 6 x 7 padded grid
+    inside, rel = win.locate(torch.tensor(0), torch.tensor(0))  # query (0, 0), key (-1, -1): top-left slot
+    assert inside and rel == 0
+    inside, rel = win.locate(torch.tensor(0), torch.tensor(2 * 7 + 2))  # key (1, 1): bottom-right slot
+    assert inside and rel == 8
+    assert not win.locate(torch.tensor(0), torch.tensor(3))[0]  # key (-1, 2): two columns away
+    clamp = flex.Window(4, 5, 3, "clamp")  # query (0, 0) sees rows and columns 0-2, offsets 0..2 of +-2
+    assert clamp.locate(torch.tensor(0), torch.tensor(2 * 5 + 2))[0]
+    assert clamp.locate(torch.tensor(0), torch.tensor(2 * 5 + 2))[1] == (2 + 2) * 5 + (2 + 2)
+    assert not clamp.locate(torch.tensor(0), torch.tensor(3))[0]
+
+
+@pytest.mark.parametrize("border", BORDERS)
+def test_flex_compiled_forward_matches_reference_on_cpu(border):
+    """torch 2.13 compiles FlexAttention's forward on the CPU (no backward there): the same kernel source
+    that runs on CUDA, checked here for the forward."""
+    qkv, rel = _inputs(2, 2, 4, 6, 5, 3, border, dtype=torch.float32)
+    with torch.no_grad():
+        got = local_attention(qkv, rel, 2, 3, border, 0.6, impl="flex")
+        want = local_attention(qkv, rel, 2, 3, border, 0.6, impl="reference")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_takes_flex_where_it_has_a_backward(monkeypatch):
+    seen = []
+    monkeypatch.setattr(la, "kernel_available", lambda: False)
+    monkeypatch.setattr(la, "flex_available", lambda device: True)
+    monkeypatch.setattr(la, "flex_local_attention", lambda *args: seen.append(args) or args[0][:, :4])
+    monkeypatch.setattr(la, "_warned_device", set())
+    qkv, rel = _inputs(1, 2, 2, 5, 5, 3, "mask", dtype=torch.float32)
+    local_attention(qkv, rel, 2, 3)
+    assert len(seen) == 1
+    with pytest.warns(RuntimeWarning, match="reference"):  # no float64 flex: the reference
+        local_attention(qkv.double(), rel.double(), 2, 3)
+    assert len(seen) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("border", BORDERS)
+def test_flex_on_cuda_matches_reference_with_gradients(border):
+    heads, d, k = 2, 16, 7
+    qkv, rel = _inputs(2, heads, d, 20, 19, k, border, dtype=torch.float32)
+    qkv, rel = qkv.cuda(), rel.cuda()
+    got = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.3, impl="flex"), qkv, rel)
+    want = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.3, impl="reference"), qkv, rel)
+    for name, a, b in zip(("output", "grad qkv", "grad rel"), got, want):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @needs_kernel

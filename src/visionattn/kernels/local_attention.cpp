@@ -70,6 +70,7 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, f
       vec::softmax_row(l, slots, L.data(), M.data(), inv.data());  // M becomes the log-sum-exp
       std::memcpy(lse + task * HW + y * g.W, M.data(), g.W * sizeof(float));
       int64_t dd = 0;
+      for (; dd + 8 <= g.d; dd += 8) vec::weighted_sum<K, 8>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
       for (; dd + 4 <= g.d; dd += 4) vec::weighted_sum<K, 4>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
       for (; dd < g.d; ++dd) vec::weighted_sum<K, 1>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
     }
@@ -113,6 +114,11 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, 
       vec::dots<K, vec::Epi::kGrad>(l, ok, key, rrel, dOq.data(), Vp.data(), nullptr, nullptr, L.data(), y, scale,
                                     D.data(), G.data());
       int64_t dd = 0;
+      for (; dd + 8 <= g.d; dd += 8) {
+        vec::grad_query<K, 8>(l, ok, key, rrel, G.data(), Qq.data(), Kp.data(), R, y, dd, dQ, dRv.data());
+        vec::grad_key_value<K, 8>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
+                                  dVp.data());
+      }
       for (; dd + 4 <= g.d; dd += 4) {
         vec::grad_query<K, 4>(l, ok, key, rrel, G.data(), Qq.data(), Kp.data(), R, y, dd, dQ, dRv.data());
         vec::grad_key_value<K, 4>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),

@@ -21,9 +21,14 @@ __all__ = ["BORDER_CODES", "kernel_available", "fused_local_attention", "local_a
 BORDER_CODES = {"mask": 0, "zero": 1, "clamp": 2}
 
 
+_AVAILABLE: list[bool] = []  # the answer, once known: a plain global that torch.compile reads without tracing a cache
+
+
 def kernel_available() -> bool:
     """Whether the C++ kernel is (or can be) built here; the first call may compile it."""
-    return load_kernel("local_attention") is not None
+    if not _AVAILABLE:
+        _AVAILABLE.append(load_kernel("local_attention") is not None)
+    return _AVAILABLE[0]
 
 
 def _ext():

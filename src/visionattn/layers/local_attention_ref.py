@@ -21,9 +21,10 @@ How the window meets the border is the ``border`` argument (``BORDERS``):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ["BORDERS", "rel_table_size", "window_index", "local_attention_reference"]
+__all__ = ["BORDERS", "rel_table_size", "window_index", "local_attention_reference", "local_attention_unfold"]
 
 BORDERS = ("mask", "zero", "clamp")
 
@@ -109,3 +110,28 @@ def local_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     attn = logits.softmax(dim=-1)
     out = torch.einsum("bhpw,bhpwd->bhpd", attn, v_win)
     return rearrange(out, "b h (y x) d -> b (h d) y x", y=height)
+
+
+def local_attention_unfold(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor,
+                           kernel_size: int, scale: float = 1.0) -> torch.Tensor:
+    """Local attention as the common open SASA implementations compute it: ``unfold`` the zero-padded keys and
+    values into (B, heads, d, H, W, k^2) windows, add the relative embedding, multiply by the queries and sum
+    over d, softmax over the window, then contract with the value windows. The ``"zero"`` border; the baseline
+    of ``benchmarks/local_attention.py`` (several tensors of k^2 times the activations' size).
+
+    Shape:
+        - Input: q, k, v (B, heads * d, H, W); rel (heads, k, k, d)
+        - Output: (B, heads * d, H, W)
+    """
+    heads, _, _, d = rel.shape
+    b, c, h, w = q.shape
+    p = kernel_size // 2
+
+    def windows(t: torch.Tensor) -> torch.Tensor:
+        t = F.pad(t, (p, p, p, p)).unfold(2, kernel_size, 1).unfold(3, kernel_size, 1)
+        return t.contiguous().view(b, heads, d, h, w, kernel_size * kernel_size)
+
+    k_win = windows(k) + rearrange(rel, "n u v d -> n d (u v)")[None, :, :, None, None, :]
+    logits = (q.view(b, heads, d, h, w, 1) * k_win).sum(dim=2) * scale
+    attn = logits.softmax(dim=-1)
+    return torch.einsum("bnhwk,bnchwk->bnchw", attn, windows(v)).reshape(b, c, h, w)
