@@ -139,6 +139,14 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, score_mod: Callable, mask_m
     return logits.softmax(-1) @ v
 
 
+def _local_attention_with(attend: Callable, qkv: Tensor, rel: Tensor, heads: int, kernel_size: int, border: str,
+                          scale: float) -> Tensor:
+    """Local attention of stacked projections, the attention itself by ``attend(q, k, v, score_mod, mask_mod)``."""
+    _, c3, h, w = qkv.shape
+    out = attend(*flex_inputs(qkv, rel, heads, kernel_size, border, scale))
+    return _to_image(out, c3 // 3 // heads, h, w)
+
+
 def dense_local_attention(qkv: Tensor, rel: Tensor, heads: int, kernel_size: int, border: str,
                           scale: float) -> Tensor:
     """:func:`flex_local_attention` with :func:`dense_attention` in place of flex (differentiable anywhere).
@@ -147,9 +155,8 @@ def dense_local_attention(qkv: Tensor, rel: Tensor, heads: int, kernel_size: int
         - Input: qkv (B, 3 * heads * d, H, W); rel (heads, T, T, d)
         - Output: (B, heads * d, H, W)
     """
-    _, c3, h, w = qkv.shape
-    q, k, v, score_mod, mask_mod = flex_inputs(qkv, rel, heads, kernel_size, border, scale)
-    return _to_image(dense_attention(q, k, v, score_mod, mask_mod, scale), c3 // 3 // heads, h, w)
+    return _local_attention_with(lambda q, k, v, score_mod, mask_mod: dense_attention(
+        q, k, v, score_mod, mask_mod, scale), qkv, rel, heads, kernel_size, border, scale)
 
 
 @lru_cache(maxsize=64)
@@ -176,9 +183,10 @@ def flex_local_attention(qkv: Tensor, rel: Tensor, heads: int, kernel_size: int,
         - Input: qkv (B, 3 * heads * d, H, W); rel (heads, T, T, d)
         - Output: (B, heads * d, H, W)
     """
-    _, c3, h, w = qkv.shape
-    q, k, v, score_mod, _ = flex_inputs(qkv, rel, heads, kernel_size, border, scale)
-    mask = _block_mask(h, w, kernel_size, border, str(qkv.device))
-    out = _compiled_flex()(q.contiguous(), k.contiguous(), v.contiguous(), score_mod=score_mod, block_mask=mask,
-                           scale=scale)
-    return _to_image(out, c3 // 3 // heads, h, w)
+    mask = _block_mask(qkv.shape[2], qkv.shape[3], kernel_size, border, str(qkv.device))
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, score_mod: Callable, mask_mod: Callable) -> Tensor:
+        return _compiled_flex()(q.contiguous(), k.contiguous(), v.contiguous(), score_mod=score_mod,
+                                block_mask=mask, scale=scale)
+
+    return _local_attention_with(attend, qkv, rel, heads, kernel_size, border, scale)
