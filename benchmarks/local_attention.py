@@ -16,7 +16,7 @@ one run:
 Achieved GFLOP/s (``torch.utils.flop_counter``, with the kernel's registered formulas) print beside
 ``torch.mm``'s on a 1024^3 product. Timings are medians; on a shared machine compare the ratios, not the ms.
 
-    python benchmarks/local_attention.py [--reps 5] [--shapes 64x56 128x28] [--threads 2]
+    python benchmarks/local_attention.py [--reps 5] [--shapes 64x56 128x28] [--threads 2] [--breakdown]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from visionattn.bench import median_ms, peak_memory_bytes
-from visionattn.kernels.local_attention import kernel_available
+from visionattn.kernels.local_attention import BORDER_CODES, kernel_available
 from visionattn.layers.local_attention import LocalSelfAttention2d, _project
 from visionattn.layers.local_attention_ref import local_attention_unfold
 
@@ -45,7 +45,7 @@ class UnfoldSASA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        q, k, v = _project(layer.qkv.weight.flatten(1), x).chunk(3, dim=1)
+        q, k, v = _project(layer.qkv, x).chunk(3, dim=1)
         return local_attention_unfold(q, k, v, layer.rel(), layer.kernel_size, layer.scale)
 
 
@@ -72,6 +72,28 @@ def measure(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, reps: int, m
     return row
 
 
+def breakdown(layer: LocalSelfAttention2d, x: torch.Tensor, reps: int) -> dict:
+    """Where the layer's time goes: the kernel's forward and backward ops alone, and the q/k/v projection's
+    forward + backward (input and weight gradients)."""
+    ops = torch.ops.visionattn
+    args = (layer.heads, layer.kernel_size, BORDER_CODES[layer.border], layer.scale)
+    x = x.detach().requires_grad_(True)
+    with torch.no_grad():
+        qkv, rel = _project(layer.qkv, x), layer.rel()
+        out, lse = ops.local_attention_fwd(qkv, rel, *args)
+    grad_out, grad_qkv = torch.randn_like(out), torch.randn_like(qkv)
+
+    def project() -> None:
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        _project(layer.qkv, x).backward(grad_qkv)
+
+    return {"kernel_fwd_ms": median_ms(lambda: ops.local_attention_fwd(qkv, rel, *args), CPU, 1, reps),
+            "kernel_bwd_ms": median_ms(lambda: ops.local_attention_bwd(grad_out, qkv, rel, out, lse, *args), CPU,
+                                       1, reps),
+            "projection_ms": median_ms(project, CPU, 1, reps)}
+
+
 def mm_gflops(reps: int) -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     return 2 * 1024**3 / median_ms(lambda: torch.mm(a, b), CPU, 2, reps) / 1e6
@@ -84,6 +106,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--ref-reps", type=int, default=3, help="repetitions of the two slow references")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--breakdown", action="store_true", help="also time the kernel's forward and backward "
+                        "ops alone and the projection's forward + backward")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,6 +139,14 @@ def main() -> None:
               f"| {r['fwd_ms']:.0f} / {r['train_ms']:.0f} | {v['fwd_ms']:.1f} / {v['train_ms']:.1f} "
               f"| {k['train_gflops']:.1f} | {speedup:.1f}x / {r['train_ms'] / k['train_ms']:.1f}x | {vs_conv:.2f} "
               f"| {k['peak_x']:.1f} / {u['peak_x']:.0f} / {r['peak_x']:.0f} |", flush=True)
+    if args.breakdown:
+        print("\n| shape | kernel fwd ms | kernel bwd ms | projection fwd+bwd ms |\n|---|---|---|---|")
+        for shape in args.shapes:
+            c, s = (int(v) for v in shape.split("x"))
+            layer = LocalSelfAttention2d(c, c, kernel_size=7, heads=8, impl="kernel")
+            b = breakdown(layer, torch.randn(args.batch, c, s, s), args.reps)
+            print(f"| {shape}x{s} | {b['kernel_fwd_ms']:.1f} | {b['kernel_bwd_ms']:.1f} | {b['projection_ms']:.1f} |",
+                  flush=True)
     print()
     for shape, fast_enough, conv_speed, memory in met:
         verdict = lambda ok: "met" if ok else "NOT met"  # noqa: E731

@@ -62,7 +62,7 @@ def test_cost_is_measured_in_the_recipes_precision(monkeypatch):
 
     def fake_bench(name, model, x, warmup, reps, precision, channels_last):
         seen.update(precision=precision, channels_last=channels_last)
-        return type("R", (), {"train_images_per_s": 1.0, "train_peak_mb": 1.0})()
+        return type("R", (), {"train_images_per_s": 1.0, "train_peak_mb": 1.0, "params": 1, "macs": 4})()
 
     monkeypatch.setattr(compare, "bench_module", lambda *a, **kw: fake_bench(*a, **kw))
     cost = compare.measure_cost("test_tiny", (1, 28, 28), 10, batch=4, reps=1, precision="bf16", channels_last=True)

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from visionattn.channels_last import to_channels_last
 from visionattn.complexity import count_macs, count_params
+from visionattn.formats import autocast, to_channels_last
 from visionattn.registry import create_attn_for_size
 
 __all__ = ["parse_shape", "median_ms", "peak_memory_bytes", "BenchResult", "bench_module", "bench_layers",
-           "bench_models", "write_report", "PRECISIONS"]
+           "bench_models", "write_report"]
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -98,14 +98,6 @@ class BenchResult:
         return row
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def _check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: got {precision!r}, needed one of {PRECISIONS}")
-
-
 def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2, reps: int = 5,
                  precision: str = "fp32", channels_last: bool = False) -> BenchResult:
     """Forward (eval, no grad) and one training step (train mode, SGD) of ``module`` on ``x``.
@@ -113,25 +105,24 @@ def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2,
     ``precision="bf16"`` runs both under bfloat16 autocast, as the trainer does; ``channels_last`` converts the
     module and ``x`` to that memory format first (4-D inputs only).
     """
-    _check_precision(precision)
+    mixed = autocast(x.device.type, precision)
     device = x.device
     module = module.to(device)
     macs = count_macs(module, x[:1]) * x.shape[0]
     if channels_last:
         module = to_channels_last(module)
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9) if count_params(module) else None
     target = None
 
     @torch.no_grad()
     def forward() -> None:
-        with autocast:
+        with mixed:
             module(x)
 
     def train_step() -> None:
         nonlocal target
-        with autocast:
+        with mixed:
             out = module(x).float()
         if target is None:
             target = torch.randn(out.shape, device=device, dtype=out.dtype)

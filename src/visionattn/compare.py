@@ -24,7 +24,8 @@ import torch
 
 from visionattn.bench import bench_module, median_ms
 from visionattn.checkpoint import atomic_write
-from visionattn.complexity import count_macs, count_params, format_table
+from visionattn.complexity import format_table
+from visionattn.formats import autocast
 from visionattn.info import build_for_input
 from visionattn.recipe import TrainConfig
 from visionattn.runlog import read_metrics
@@ -60,19 +61,18 @@ def measure_cost(model_name: str, input_shape: tuple[int, int, int], num_classes
     """
     model, _ = build_for_input(model_name, input_shape, num_classes=num_classes)
     x = torch.randn(batch, *input_shape)
-    one = x[:1]
-    macs = count_macs(model, one)
     res = bench_module(model_name, model, x, warmup=1, reps=reps, precision=precision, channels_last=channels_last)
-    one = one.contiguous(memory_format=torch.channels_last) if channels_last else one
+    one = x[:1].contiguous(memory_format=torch.channels_last) if channels_last else x[:1]
     model.eval()
+    mixed = autocast("cpu", precision)
 
     @torch.no_grad()
     def infer() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with mixed:
             model(one)
 
     latency = median_ms(infer, torch.device("cpu"), warmup=2, reps=max(5, reps))
-    return {"params": count_params(model), "macs": macs, "train_img_s": res.train_images_per_s,
+    return {"params": res.params, "macs": res.macs // batch, "train_img_s": res.train_images_per_s,
             "latency_ms": latency, "peak_train_mb": res.train_peak_mb, "batch": batch,
             "threads": torch.get_num_threads(), "precision": precision, "channels_last": channels_last}
 

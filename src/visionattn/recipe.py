@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionattn.formats import PRECISIONS, check_precision
+
 __all__ = ["TrainConfig", "OPTIMIZERS", "PRECISIONS", "add_train_arguments", "config_from_args", "build_optimizer",
            "build_scheduler", "RESUME_OVERRIDES"]
 
 OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("fp32", "bf16")
 _DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 _DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 
@@ -70,8 +71,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer: got {self.optimizer!r}, needed one of {OPTIMIZERS}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision: got {self.precision!r}, needed one of {PRECISIONS}")
+        check_precision(self.precision)
         self.lr = _DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
         self.weight_decay = _DEFAULT_WD[self.optimizer] if self.weight_decay is None else self.weight_decay
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,

@@ -26,9 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from visionattn import distributed
-from visionattn.channels_last import to_channels_last
 from visionattn.checkpoint import CheckpointDir, CheckpointError, capture_rng, restore_rng, save_weights
 from visionattn.data import Augment, DataSplits, Normalize, channel_stats, epoch_generator, load_dataset
+from visionattn.formats import autocast, to_channels_last
 from visionattn.info import build_for_input
 from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args
 from visionattn.runlog import RunLog, default_run_dir
@@ -187,7 +187,7 @@ class Trainer:
     def _forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.info.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        with autocast(self.info.device.type, self.cfg.precision):
             return net(images).float()
 
     def _train_step(self, index: torch.Tensor, params: Any) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import visionattn
-from visionattn.channels_last import to_channels_last
+from visionattn.formats import to_channels_last
 
 
 @pytest.mark.parametrize("name", ["eca_resnet20", "condconv_resnet20", "dynamic_conv_resnet20"])
