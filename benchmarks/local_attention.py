@@ -46,7 +46,7 @@ class UnfoldSASA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
         q, k, v = _project(layer.qkv, x).chunk(3, dim=1)
-        return local_attention_unfold(q, k, v, layer.rel(), layer.kernel_size, layer.scale)
+        return local_attention_unfold(q, k, v, layer.rel.table(), layer.kernel_size, layer.scale)
 
 
 def flops(fn) -> int:
@@ -79,8 +79,8 @@ def breakdown(layer: LocalSelfAttention2d, x: torch.Tensor, reps: int) -> dict:
     args = (layer.heads, layer.kernel_size, BORDER_CODES[layer.border], layer.scale)
     x = x.detach().requires_grad_(True)
     with torch.no_grad():
-        qkv, rel = _project(layer.qkv, x), layer.rel()
-        out, lse = ops.local_attention_fwd(qkv, rel, *args)
+        qkv, (rows, cols) = _project(layer.qkv, x), layer.rel()
+        out, lse = ops.local_attention_fwd(qkv, rows, cols, *args)
     grad_out, grad_qkv = torch.randn_like(out), torch.randn_like(qkv)
 
     def project() -> None:
@@ -88,8 +88,8 @@ def breakdown(layer: LocalSelfAttention2d, x: torch.Tensor, reps: int) -> dict:
         layer.zero_grad(set_to_none=True)
         _project(layer.qkv, x).backward(grad_qkv)
 
-    return {"kernel_fwd_ms": median_ms(lambda: ops.local_attention_fwd(qkv, rel, *args), CPU, 1, reps),
-            "kernel_bwd_ms": median_ms(lambda: ops.local_attention_bwd(grad_out, qkv, rel, out, lse, *args), CPU,
+    return {"kernel_fwd_ms": median_ms(lambda: ops.local_attention_fwd(qkv, rows, cols, *args), CPU, 1, reps),
+            "kernel_bwd_ms": median_ms(lambda: ops.local_attention_bwd(grad_out, qkv, rows, cols, out, lse, *args), CPU,
                                        1, reps),
             "projection_ms": median_ms(project, CPU, 1, reps)}
 

@@ -18,17 +18,28 @@ from visionattn.layers.local_attention_ref import (
     local_attention_reference,
     local_attention_unfold,
     rel_table_size,
+    relative_table,
 )
 
 needs_kernel = pytest.mark.skipif(not kernel_available(), reason="the C++ kernel cannot be built here")
 
 
 def _inputs(b, heads, d, h, w, k, border, dtype=torch.float64, seed=0):
+    """qkv and the row and column relative embeddings (heads, T, d)."""
     g = torch.Generator().manual_seed(seed)
     t = rel_table_size(k, border)
     qkv = torch.randn(b, 3 * heads * d, h, w, generator=g, dtype=dtype)
-    rel = torch.randn(heads, t, t, d, generator=g, dtype=dtype)
-    return qkv, rel
+    rows, cols = (torch.randn(heads, t, d, generator=g, dtype=dtype) for _ in range(2))
+    return qkv, rows, cols
+
+
+def _table_inputs(b, heads, d, h, w, k, border, dtype=torch.float64, seed=0):
+    """qkv and a (heads, T, T, d) relative table with an independent entry per offset pair (the reference and
+    the flex formulation take any table)."""
+    g = torch.Generator().manual_seed(seed)
+    t = rel_table_size(k, border)
+    return (torch.randn(b, 3 * heads * d, h, w, generator=g, dtype=dtype),
+            torch.randn(heads, t, t, d, generator=g, dtype=dtype))
 
 
 def _window(i: int, n: int, k: int, border: str) -> list[tuple[int, int]]:
@@ -67,7 +78,7 @@ def dense_oracle(qkv, rel, heads, k, border, scale):
 @pytest.mark.parametrize("border", BORDERS)
 @pytest.mark.parametrize("size,k", [((5, 4), 3), ((4, 6), 5), ((3, 5), 7)])
 def test_reference_matches_dense_oracle(border, size, k):
-    qkv, rel = _inputs(2, 2, 3, *size, k, border)
+    qkv, rel = _table_inputs(2, 2, 3, *size, k, border)
     q, kk, v = qkv.chunk(3, dim=1)
     ref = local_attention_reference(q, kk, v, rel, k, border, scale=0.5)
     torch.testing.assert_close(ref, dense_oracle(qkv, rel, 2, k, border, 0.5), rtol=1e-10, atol=1e-10)
@@ -76,17 +87,21 @@ def test_reference_matches_dense_oracle(border, size, k):
 @pytest.mark.parametrize("size,k", [((5, 4), 3), ((6, 7), 5)])
 def test_unfold_formulation_is_the_zero_border(size, k):
     """The benchmark's baseline (the open implementations' unfold) computes the "zero" border of the reference."""
-    qkv, rel = _inputs(2, 2, 3, *size, k, "zero")
+    qkv, rel = _table_inputs(2, 2, 3, *size, k, "zero")
     q, kk, v = qkv.chunk(3, dim=1)
     torch.testing.assert_close(local_attention_unfold(q, kk, v, rel, k, 0.5),
                                local_attention_reference(q, kk, v, rel, k, "zero", 0.5), rtol=1e-10, atol=1e-10)
 
 
-def _grads(fn, qkv, rel, seed=3):
-    qkv, rel = qkv.clone().requires_grad_(True), rel.clone().requires_grad_(True)
-    out = fn(qkv, rel)
+def _grads(fn, *inputs, seed=3):
+    """fn's output and the gradients of a random projection of it with respect to every input."""
+    inputs = [t.clone().requires_grad_(True) for t in inputs]
+    out = fn(*inputs)
     weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out)
-    return (out, *torch.autograd.grad((out * weight).sum(), (qkv, rel)))
+    return (out, *torch.autograd.grad((out * weight).sum(), inputs))
+
+
+_NAMES = ("output", "grad qkv", "grad rel_rows", "grad rel_cols")
 
 
 @needs_kernel
@@ -95,12 +110,12 @@ def _grads(fn, qkv, rel, seed=3):
 @pytest.mark.parametrize("heads,d,size,k", [(2, 3, (5, 4), 7), (2, 4, (9, 11), 3), (1, 5, (13, 10), 5),
                                             (2, 8, (7, 17), 7), (1, 2, (11, 12), 9), (1, 3, (6, 14), 11)])
 def test_kernel_matches_reference(border, dtype, heads, d, size, k):
-    qkv, rel = _inputs(2, heads, d, *size, k, border, dtype=dtype)
-    got = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.6, impl="kernel"), qkv, rel)
-    want = _grads(lambda a, r: local_attention(a.double(), r.double(), heads, k, border, 0.6, impl="reference"),
-                  qkv, rel)
+    inputs = _inputs(2, heads, d, *size, k, border, dtype=dtype)
+    got = _grads(lambda a, r, c: local_attention(a, r, c, heads, k, border, 0.6, impl="kernel"), *inputs)
+    want = _grads(lambda a, r, c: local_attention(a.double(), r.double(), c.double(), heads, k, border, 0.6,
+                                                  impl="reference"), *inputs)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
-    for name, a, b in zip(("output", "grad qkv", "grad rel"), got, want):
+    for name, a, b in zip(_NAMES, got, want):
         assert a.dtype == dtype, name
         torch.testing.assert_close(a.double(), b.double(), rtol=tol, atol=tol, msg=lambda m, n=name: f"{n}: {m}")
 
@@ -110,9 +125,9 @@ def test_kernel_matches_reference(border, dtype, heads, d, size, k):
 def test_flex_formulation_matches_reference(border, heads, d, size, k):
     """The windows, offsets and relative logits the CUDA path hands to FlexAttention, evaluated densely with
     autograd: equal to the reference in output and in both gradients."""
-    qkv, rel = _inputs(2, heads, d, *size, k, border)
+    qkv, rel = _table_inputs(2, heads, d, *size, k, border)
     got = _grads(lambda a, r: flex.dense_local_attention(a, r, heads, k, border, 0.6), qkv, rel)
-    want = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.6, impl="reference"), qkv, rel)
+    want = _grads(lambda a, r: local_attention_reference(*a.chunk(3, dim=1), r, k, border, 0.6), qkv, rel)
     for name, a, b in zip(("output", "grad qkv", "grad rel"), got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=lambda m, n=name: f"{n}: {m}")
 
@@ -134,10 +149,10 @@ def test_flex_window_offsets_written_out():
 def test_flex_compiled_forward_matches_reference_on_cpu(border):
     """torch 2.13 compiles FlexAttention's forward on the CPU (no backward there): the same kernel source
     that runs on CUDA, checked here for the forward."""
-    qkv, rel = _inputs(2, 2, 4, 6, 5, 3, border, dtype=torch.float32)
+    inputs = _inputs(2, 2, 4, 6, 5, 3, border, dtype=torch.float32)
     with torch.no_grad():
-        got = local_attention(qkv, rel, 2, 3, border, 0.6, impl="flex")
-        want = local_attention(qkv, rel, 2, 3, border, 0.6, impl="reference")
+        got = local_attention(*inputs, 2, 3, border, 0.6, impl="flex")
+        want = local_attention(*inputs, 2, 3, border, 0.6, impl="reference")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -147,11 +162,11 @@ def test_auto_takes_flex_where_it_has_a_backward(monkeypatch):
     monkeypatch.setattr(la, "flex_available", lambda device: True)
     monkeypatch.setattr(la, "flex_local_attention", lambda *args: seen.append(args) or args[0][:, :4])
     monkeypatch.setattr(la, "_warned_device", set())
-    qkv, rel = _inputs(1, 2, 2, 5, 5, 3, "mask", dtype=torch.float32)
-    local_attention(qkv, rel, 2, 3)
+    qkv, rows, cols = _inputs(1, 2, 2, 5, 5, 3, "mask", dtype=torch.float32)
+    local_attention(qkv, rows, cols, 2, 3)
     assert len(seen) == 1
     with pytest.warns(RuntimeWarning, match="reference"):  # no float64 flex: the reference
-        local_attention(qkv.double(), rel.double(), 2, 3)
+        local_attention(qkv.double(), rows.double(), cols.double(), 2, 3)
     assert len(seen) == 1
 
 
@@ -159,18 +174,17 @@ def test_auto_takes_flex_where_it_has_a_backward(monkeypatch):
 @pytest.mark.parametrize("border", BORDERS)
 def test_flex_on_cuda_matches_reference_with_gradients(border):
     heads, d, k = 2, 16, 7
-    qkv, rel = _inputs(2, heads, d, 20, 19, k, border, dtype=torch.float32)
-    qkv, rel = qkv.cuda(), rel.cuda()
-    got = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.3, impl="flex"), qkv, rel)
-    want = _grads(lambda a, r: local_attention(a, r, heads, k, border, 0.3, impl="reference"), qkv, rel)
-    for name, a, b in zip(("output", "grad qkv", "grad rel"), got, want):
+    inputs = [t.cuda() for t in _inputs(2, heads, d, 20, 19, k, border, dtype=torch.float32)]
+    got = _grads(lambda *a: local_attention(*a, heads, k, border, 0.3, impl="flex"), *inputs)
+    want = _grads(lambda *a: local_attention(*a, heads, k, border, 0.3, impl="reference"), *inputs)
+    for name, a, b in zip(_NAMES, got, want):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @needs_kernel
 def test_kernel_op_passes_opcheck():
-    qkv, rel = _inputs(2, 2, 3, 6, 5, 3, "mask")
-    torch.library.opcheck(_fwd, (qkv.requires_grad_(True), rel.requires_grad_(True), 2, 3, 0, 0.5))
+    inputs = [t.requires_grad_(True) for t in _inputs(2, 2, 3, 6, 5, 3, "mask")]
+    torch.library.opcheck(_fwd, (*inputs, 2, 3, 0, 0.5))
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])
@@ -191,10 +205,11 @@ def test_layer_stride_is_attention_then_average_pool(impl):
 
 @needs_kernel
 @pytest.mark.parametrize("border", BORDERS)
-def test_layer_kernel_and_reference_agree_with_parameter_gradients(border):
+@pytest.mark.parametrize("channels,heads", [(16, 4), (12, 3)])  # (12, 3): head 1 holds row and column channels
+def test_layer_kernel_and_reference_agree_with_parameter_gradients(border, channels, heads):
     torch.manual_seed(0)
-    fast = LocalSelfAttention2d(16, 16, kernel_size=7, heads=4, border=border, impl="kernel")
-    slow = LocalSelfAttention2d(16, 16, kernel_size=7, heads=4, border=border, impl="reference")
+    fast = LocalSelfAttention2d(16, channels, kernel_size=7, heads=heads, border=border, impl="kernel")
+    slow = LocalSelfAttention2d(16, channels, kernel_size=7, heads=heads, border=border, impl="reference")
     slow.load_state_dict(fast.state_dict())
     x = torch.randn(2, 16, 9, 8)
     outs = [m(x) for m in (fast, slow)]
@@ -207,7 +222,7 @@ def test_layer_kernel_and_reference_agree_with_parameter_gradients(border):
 
 def _uniform(border: str, size=(5, 5), k=3):
     """q = 0: every logit is 0, so each output is the plain mean of the values the border mode lets in."""
-    qkv, rel = _inputs(1, 1, 1, *size, k, border)
+    qkv, rel = _table_inputs(1, 1, 1, *size, k, border)
     qkv[:, 0] = 0
     q, kk, v = qkv.chunk(3, dim=1)
     return local_attention_reference(q, kk, v, rel, k, border), v[0, 0]
@@ -228,15 +243,20 @@ def test_border_modes_differ_only_at_the_border():
 
 def test_clamp_relative_table_covers_shifted_offsets():
     layer = LocalSelfAttention2d(8, kernel_size=7, heads=2, border="clamp")
-    assert layer.rel.rows.shape == (13, 4) and layer.rel().shape == (2, 13, 13, 4)
-    assert LocalSelfAttention2d(8, kernel_size=7, heads=2).rel().shape == (2, 7, 7, 4)
+    assert layer.rel.rows.shape == (13, 4) and layer.rel.table().shape == (2, 13, 13, 4)
+    assert [t.shape for t in layer.rel()] == [(2, 13, 4)] * 2
+    assert LocalSelfAttention2d(8, kernel_size=7, heads=2).rel.table().shape == (2, 7, 7, 4)
 
 
 def test_relative_embedding_is_row_then_column_halves():
     layer = LocalSelfAttention2d(8, kernel_size=3, heads=2)
-    table = layer.rel()  # head 0 holds the row embedding, head 1 the column embedding (d_out / 2 each)
+    table = layer.rel.table()  # head 0 holds the row embedding, head 1 the column embedding (d_out / 2 each)
     torch.testing.assert_close(table[0, 2, 0], layer.rel.rows[2])
     torch.testing.assert_close(table[1, 0, 1], layer.rel.cols[1])
+    rows, cols = layer.rel()  # the kernels' form: each table zero outside its half
+    torch.testing.assert_close(rows[0], layer.rel.rows)
+    torch.testing.assert_close(cols[1], layer.rel.cols)
+    assert not rows[1].any() and not cols[0].any()
 
 
 @pytest.mark.parametrize("kwargs,match", [({"kernel_size": 4}, "odd"), ({"heads": 3}, "divisible by heads"),
@@ -250,14 +270,14 @@ def test_bad_arguments_raise(kwargs, match):
 def test_fallback_warns_and_matches_reference(monkeypatch):
     monkeypatch.setattr(la, "kernel_available", lambda: False)
     monkeypatch.setattr(la, "_warned_device", set())
-    qkv, rel = _inputs(1, 2, 2, 5, 5, 3, "mask", dtype=torch.float32)
+    qkv, rows, cols = _inputs(1, 2, 2, 5, 5, 3, "mask", dtype=torch.float32)
     with pytest.warns(RuntimeWarning, match="reference"):
-        out = local_attention(qkv, rel, 2, 3)
+        out = local_attention(qkv, rows, cols, 2, 3)
     q, k, v = qkv.chunk(3, dim=1)
-    torch.testing.assert_close(out, local_attention_reference(q, k, v, rel, 3))
+    torch.testing.assert_close(out, local_attention_reference(q, k, v, relative_table(rows, cols), 3))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        local_attention(qkv, rel, 2, 3)  # warned once per device type
+        local_attention(qkv, rows, cols, 2, 3)  # warned once per device type
 
 
 @pytest.mark.parametrize("impl", ["kernel", "reference"])

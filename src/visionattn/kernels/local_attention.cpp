@@ -6,6 +6,9 @@
 // the logits from it:
 //   dP_w = dO . v_w,  D = dO . o,  dS_w = P_w (dP_w - D),
 //   dq = scale * sum_w dS_w (k_w + r_w),  dk_w += scale dS_w q,  dr_w += scale dS_w q,  dv_w += P_w dO.
+// The relative embedding of slot (wy, wx) is r = rel_rows[rel(wy)] + rel_cols[rel(wx)] (SASA's concatenation of
+// a row and a column embedding is this sum, each table zero outside its half of the channels), so the k^2
+// slots of a pixel share 2k relative dot products, and dr reduces to sums of dS over window rows and columns.
 //
 // Layout: the input is the (B, 3C, H, W) output of the q/k/v projection, C = heads * d, in the order
 // (q | k | v); every channel is a contiguous (H, W) plane, so the work for one query row is a set of
@@ -46,12 +49,12 @@ std::vector<float> vec_bias(const Geometry& g, const vec::Layout& l) {
 }
 
 template <int K>
-void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, float scale, float* out, float* lse,
-                        TaskQueue& tasks) {
+void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel_rows, const float* rel_cols,
+                        float scale, float* out, float* lse, TaskQueue& tasks) {
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K;
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), Kp(l.d * l.Hp * l.Wk, 0.0f), Vp(l.d * l.Hp * l.Wk, 0.0f);
-  std::vector<float> L(slots * l.Wq, 0.0f), M(l.Wv), inv(l.Wv);
+  std::vector<float> L(slots * l.Wq, 0.0f), M(l.Wv), inv(l.Wv), QR(K * l.Wv), QC(K * l.Wv);
   const std::vector<float> bias = vec_bias<K>(g, l);
   const uint8_t* ok = g.rows.ok.data();
   const int32_t* key = g.rows.key.data();
@@ -61,11 +64,13 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, f
     vec::to_query_rows(l, Q, Qq.data());
     vec::to_key_planes(l, Q + C * HW, Kp.data());
     vec::to_key_planes(l, Q + 2 * C * HW, Vp.data());
-    const float* R = rel + h * g.T * g.T * g.d;
+    const float* Rr = rel_rows + h * g.T * g.d;
+    const float* Rc = rel_cols + h * g.T * g.d;
     float* O = out + (b * C + h * g.d) * HW;
     for (int64_t y = 0; y < g.H; ++y) {
       std::fill(M.begin(), M.end(), -std::numeric_limits<float>::infinity());
-      vec::dots<K, vec::Epi::kLogits>(l, ok, key, g.rows.rel.data(), Qq.data(), Kp.data(), R, bias.data(), nullptr,
+      vec::rel_logits<K>(l, g.rows.rel.data(), Qq.data(), Rr, Rc, y, QR.data(), QC.data());
+      vec::dots<K, vec::Epi::kLogits>(l, ok, key, Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(), nullptr,
                                       y, scale, M.data(), L.data());
       vec::softmax_row(l, slots, L.data(), M.data(), inv.data());  // M becomes the log-sum-exp
       std::memcpy(lse + task * HW + y * g.W, M.data(), g.W * sizeof(float));
@@ -78,14 +83,16 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel, f
 }
 
 template <int K>
-void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, const float* out, const float* lse,
-                         const float* gout, float scale, float* gqkv, float* grel_parts, TaskQueue& tasks) {
+void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_rows, const float* rel_cols,
+                         const float* out, const float* lse, const float* gout, float scale, float* gqkv,
+                         float* grel_parts, TaskQueue& tasks) {
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K, keys = l.d * l.Hp * l.Wk;
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
   std::vector<float> Kp(keys, 0.0f), Vp(keys, 0.0f), dKp(keys), dVp(keys);
   std::vector<float> L(slots * l.Wq, 0.0f), G(slots * l.Wq, 0.0f), D(l.Wv, 0.0f), S(l.Wv, 0.0f);
-  std::vector<vec::v8> dRv(g.T * g.T * g.d);
+  std::vector<float> QR(K * l.Wv), QC(K * l.Wv), GR(K * l.Wv), GC(K * l.Wv);
+  std::vector<vec::v8> dRv(2 * g.T * g.d);
   const std::vector<float> bias = vec_bias<K>(g, l);
   const uint8_t* ok = g.rows.ok.data();
   const int32_t* key = g.rows.key.data();
@@ -100,40 +107,39 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel, 
     std::fill(dKp.begin(), dKp.end(), 0.0f);
     std::fill(dVp.begin(), dVp.end(), 0.0f);
     std::fill(dRv.begin(), dRv.end(), vec::v8{});
-    const float* R = rel + h * g.T * g.T * g.d;
+    const float* Rr = rel_rows + h * g.T * g.d;
+    const float* Rc = rel_cols + h * g.T * g.d;
     const float* O = out + o_off;
     const float* dO = gout + o_off;
     float* dQ = gqkv + q_off;
     for (int64_t y = 0; y < g.H; ++y) {
       std::memcpy(S.data(), lse + task * HW + y * g.W, g.W * sizeof(float));
-      vec::dots<K, vec::Epi::kProbs>(l, ok, key, rrel, Qq.data(), Kp.data(), R, bias.data(), nullptr, y, scale,
-                                     S.data(), L.data());
+      vec::rel_logits<K>(l, rrel, Qq.data(), Rr, Rc, y, QR.data(), QC.data());
+      vec::dots<K, vec::Epi::kProbs>(l, ok, key, Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(), nullptr, y,
+                                     scale, S.data(), L.data());
       std::fill(D.begin(), D.end(), 0.0f);
       for (int64_t dd = 0; dd < g.d; ++dd)
         for (int64_t x = 0; x < g.W; ++x) D[x] += dO[(dd * g.H + y) * g.W + x] * O[(dd * g.H + y) * g.W + x];
-      vec::dots<K, vec::Epi::kGrad>(l, ok, key, rrel, dOq.data(), Vp.data(), nullptr, nullptr, L.data(), y, scale,
-                                    D.data(), G.data());
+      std::fill(GC.begin(), GC.end(), 0.0f);
+      vec::dots<K, vec::Epi::kGrad>(l, ok, key, dOq.data(), Vp.data(), nullptr, nullptr, nullptr, L.data(), y, scale,
+                                    D.data(), G.data(), GR.data(), GC.data());
       int64_t dd = 0;
-      for (; dd + 8 <= g.d; dd += 8) {
-        vec::grad_query<K, 8>(l, ok, key, rrel, G.data(), Qq.data(), Kp.data(), R, y, dd, dQ, dRv.data());
-        vec::grad_key_value<K, 8>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
-                                  dVp.data());
-      }
-      for (; dd + 4 <= g.d; dd += 4) {
-        vec::grad_query<K, 4>(l, ok, key, rrel, G.data(), Qq.data(), Kp.data(), R, y, dd, dQ, dRv.data());
-        vec::grad_key_value<K, 4>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
-                                  dVp.data());
-      }
-      for (; dd < g.d; ++dd) {
-        vec::grad_query<K, 1>(l, ok, key, rrel, G.data(), Qq.data(), Kp.data(), R, y, dd, dQ, dRv.data());
-        vec::grad_key_value<K, 1>(l, ok, key, G.data(), L.data(), Qq.data(), dOq.data(), y, dd, dKp.data(),
-                                  dVp.data());
-      }
+      for (; dd + 8 <= g.d; dd += 8)
+        vec::grad_query<K, 8>(l, ok, key, rrel, G.data(), GR.data(), GC.data(), Qq.data(), Kp.data(), Rr, Rc, y,
+                              dd, dQ, dRv.data());
+      for (; dd + 4 <= g.d; dd += 4)
+        vec::grad_query<K, 4>(l, ok, key, rrel, G.data(), GR.data(), GC.data(), Qq.data(), Kp.data(), Rr, Rc, y,
+                              dd, dQ, dRv.data());
+      for (; dd < g.d; ++dd)
+        vec::grad_query<K, 1>(l, ok, key, rrel, G.data(), GR.data(), GC.data(), Qq.data(), Kp.data(), Rr, Rc, y,
+                              dd, dQ, dRv.data());
+      vec::grad_keys_all<K>(l, G.data(), Qq.data(), y, dKp.data());
+      vec::grad_keys_all<K>(l, L.data(), dOq.data(), y, dVp.data());
     }
     vec::from_key_planes(l, dKp.data(), gqkv + q_off + C * HW);
     vec::from_key_planes(l, dVp.data(), gqkv + q_off + 2 * C * HW);
-    float* dR = grel_parts + task * g.T * g.T * g.d;
-    for (int64_t i = 0; i < g.T * g.T * g.d; ++i) dR[i] = vec::hsum(dRv[i]);
+    float* dR = grel_parts + task * 2 * g.T * g.d;
+    for (int64_t i = 0; i < 2 * g.T * g.d; ++i) dR[i] = vec::hsum(dRv[i]);
   }
 }
 
@@ -150,8 +156,8 @@ bool with_vec_kernel(const Geometry& g, F f) {
   }
 }
 
-Geometry checked_geometry(const torch::Tensor& qkv, const torch::Tensor& rel, int64_t heads, int64_t k,
-                          int64_t border) {
+Geometry checked_geometry(const torch::Tensor& qkv, const torch::Tensor& rel_rows, const torch::Tensor& rel_cols,
+                          int64_t heads, int64_t k, int64_t border) {
   TORCH_CHECK(qkv.dim() == 4 && qkv.is_contiguous() && qkv.device().is_cpu(),
               "qkv must be a contiguous (B, 3C, H, W) CPU tensor");
   TORCH_CHECK(k % 2 == 1 && k >= 1, "kernel_size must be odd, got ", k);
@@ -159,71 +165,79 @@ Geometry checked_geometry(const torch::Tensor& qkv, const torch::Tensor& rel, in
   TORCH_CHECK(qkv.size(1) % (3 * heads) == 0, "qkv channels must be 3 * heads * d");
   const int64_t d = qkv.size(1) / (3 * heads);
   Geometry g = make_geometry(qkv.size(2), qkv.size(3), k, d, heads, border);
-  TORCH_CHECK(rel.is_contiguous() && rel.dim() == 4 && rel.size(0) == heads && rel.size(1) == g.T &&
-                  rel.size(2) == g.T && rel.size(3) == d,
-              "rel must be a contiguous (heads, T, T, d) tensor");
-  TORCH_CHECK(rel.scalar_type() == qkv.scalar_type(), "rel and qkv must share a dtype");
+  for (const torch::Tensor* rel : {&rel_rows, &rel_cols}) {
+    TORCH_CHECK(rel->is_contiguous() && rel->dim() == 3 && rel->size(0) == heads && rel->size(1) == g.T &&
+                    rel->size(2) == d,
+                "rel_rows and rel_cols must be contiguous (heads, T, d) tensors");
+    TORCH_CHECK(rel->scalar_type() == qkv.scalar_type(), "rel_rows, rel_cols and qkv must share a dtype");
+  }
   return g;
 }
 
-std::vector<torch::Tensor> local_attention_forward(torch::Tensor qkv, torch::Tensor rel, int64_t heads,
-                                                   int64_t kernel_size, int64_t border, double scale) {
-  const Geometry g = checked_geometry(qkv, rel, heads, kernel_size, border);
+std::vector<torch::Tensor> local_attention_forward(torch::Tensor qkv, torch::Tensor rel_rows, torch::Tensor rel_cols,
+                                                   int64_t heads, int64_t kernel_size, int64_t border, double scale) {
+  const Geometry g = checked_geometry(qkv, rel_rows, rel_cols, heads, kernel_size, border);
   const int64_t B = qkv.size(0);
   auto out = torch::empty({B, heads * g.d, g.H, g.W}, qkv.options());
   auto lse = torch::empty({B, heads, g.H, g.W}, qkv.options());
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "local_attention_forward", [&] {
     const scalar_t* q = qkv.data_ptr<scalar_t>();
-    const scalar_t* r = rel.data_ptr<scalar_t>();
+    const scalar_t* rr = rel_rows.data_ptr<scalar_t>();
+    const scalar_t* rc = rel_cols.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* s = lse.data_ptr<scalar_t>();
     parallel_planes(B * heads, [&](TaskQueue& tasks) {
       if constexpr (std::is_same_v<scalar_t, float>) {
         const bool done = with_vec_kernel(g, [&](auto K) {
-          forward_planes_vec<decltype(K)::value>(g, q, r, static_cast<float>(scale), o, s, tasks);
+          forward_planes_vec<decltype(K)::value>(g, q, rr, rc, static_cast<float>(scale), o, s, tasks);
         });
         if (done) return;
       }
-      forward_planes<scalar_t>(g, q, r, static_cast<scalar_t>(scale), o, s, tasks);
+      forward_planes<scalar_t>(g, q, rr, rc, static_cast<scalar_t>(scale), o, s, tasks);
     });
   });
   return {out, lse};
 }
 
-std::vector<torch::Tensor> local_attention_backward(torch::Tensor grad_out, torch::Tensor qkv, torch::Tensor rel,
-                                                    torch::Tensor out, torch::Tensor lse, int64_t heads,
-                                                    int64_t kernel_size, int64_t border, double scale) {
-  const Geometry g = checked_geometry(qkv, rel, heads, kernel_size, border);
+std::vector<torch::Tensor> local_attention_backward(torch::Tensor grad_out, torch::Tensor qkv, torch::Tensor rel_rows,
+                                                    torch::Tensor rel_cols, torch::Tensor out, torch::Tensor lse,
+                                                    int64_t heads, int64_t kernel_size, int64_t border,
+                                                    double scale) {
+  const Geometry g = checked_geometry(qkv, rel_rows, rel_cols, heads, kernel_size, border);
   TORCH_CHECK(grad_out.is_contiguous() && out.is_contiguous() && lse.is_contiguous(),
               "grad_out, out and lse must be contiguous");
   TORCH_CHECK(grad_out.sizes() == out.sizes() && grad_out.scalar_type() == qkv.scalar_type(),
               "grad_out must match the output");
   const int64_t B = qkv.size(0);
   auto gqkv = torch::empty_like(qkv);
-  auto parts = torch::zeros({B, heads, g.T, g.T, g.d}, qkv.options());
+  auto parts = torch::zeros({B, heads, 2, g.T, g.d}, qkv.options());  // per plane: d rel_rows, then d rel_cols
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "local_attention_backward", [&] {
+    const scalar_t* rr = rel_rows.data_ptr<scalar_t>();
+    const scalar_t* rc = rel_cols.data_ptr<scalar_t>();
     parallel_planes(B * heads, [&](TaskQueue& tasks) {
       if constexpr (std::is_same_v<scalar_t, float>) {
         const bool done = with_vec_kernel(g, [&](auto K) {
-          backward_planes_vec<decltype(K)::value>(g, qkv.data_ptr<float>(), rel.data_ptr<float>(),
-                                                  out.data_ptr<float>(), lse.data_ptr<float>(),
-                                                  grad_out.data_ptr<float>(), static_cast<float>(scale),
-                                                  gqkv.data_ptr<float>(), parts.data_ptr<float>(), tasks);
+          backward_planes_vec<decltype(K)::value>(g, qkv.data_ptr<float>(), rr, rc, out.data_ptr<float>(),
+                                                  lse.data_ptr<float>(), grad_out.data_ptr<float>(),
+                                                  static_cast<float>(scale), gqkv.data_ptr<float>(),
+                                                  parts.data_ptr<float>(), tasks);
         });
         if (done) return;
       }
-      backward_planes<scalar_t>(g, qkv.data_ptr<scalar_t>(), rel.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+      backward_planes<scalar_t>(g, qkv.data_ptr<scalar_t>(), rr, rc, out.data_ptr<scalar_t>(),
                                 lse.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(),
                                 static_cast<scalar_t>(scale), gqkv.data_ptr<scalar_t>(),
                                 parts.data_ptr<scalar_t>(), tasks);
     });
   });
-  return {gqkv, parts.sum(0)};
+  const auto grel = parts.sum(0);
+  return {gqkv, grel.select(1, 0).clone(), grel.select(1, 1).clone()};  // outputs of a custom op must not alias
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &local_attention_forward, "fused local attention forward: (out, lse)");
-  m.def("backward", &local_attention_backward, "fused local attention backward: (grad_qkv, grad_rel)");
+  m.def("backward", &local_attention_backward,
+        "fused local attention backward: (grad_qkv, grad_rel_rows, grad_rel_cols)");
 }

@@ -3,8 +3,9 @@
 ``visionattn::local_attention_fwd`` returns the output and the log-sum-exp of every softmax;
 ``visionattn::local_attention_bwd`` rebuilds the softmax from it. Both are opaque to ``torch.compile`` (their
 fake implementations give the shapes) and are counted by ``torch.utils.flop_counter``: the forward is
-2 k^2 multiply-adds per output element (q . (k + r) and the weighted sum of values), the backward 4 (dv, dP,
-dq and dk; the relative-embedding gradient shares dk's products), the convention of the SDPA formulas.
+2 k^2 multiply-adds per output element (q . k and the weighted sum of values), the backward 4 (dv, dP, dq
+and dk), the convention of the SDPA formulas; the relative terms (2k dot products per pixel, since the
+embedding is a row part plus a column part) are left out of the count, as SDPA's counts leave out a bias.
 The C++ source is ``local_attention.cpp``; it is compiled on first use (:mod:`visionattn.kernels.build`).
 """
 
@@ -39,45 +40,47 @@ def _ext():
 
 
 @torch.library.custom_op("visionattn::local_attention_fwd", mutates_args=(), device_types="cpu")
-def _fwd(qkv: Tensor, rel: Tensor, heads: int, kernel_size: int, border: int, scale: float) -> tuple[Tensor, Tensor]:
-    out, lse = _ext().forward(qkv.contiguous(), rel.contiguous(), heads, kernel_size, border, scale)
+def _fwd(qkv: Tensor, rel_rows: Tensor, rel_cols: Tensor, heads: int, kernel_size: int, border: int,
+         scale: float) -> tuple[Tensor, Tensor]:
+    out, lse = _ext().forward(qkv.contiguous(), rel_rows.contiguous(), rel_cols.contiguous(), heads, kernel_size,
+                              border, scale)
     return out, lse
 
 
 @_fwd.register_fake
-def _fwd_fake(qkv, rel, heads, kernel_size, border, scale):
+def _fwd_fake(qkv, rel_rows, rel_cols, heads, kernel_size, border, scale):
     b, c3, h, w = qkv.shape
     return qkv.new_empty(b, c3 // 3, h, w), qkv.new_empty(b, heads, h, w)
 
 
 @torch.library.custom_op("visionattn::local_attention_bwd", mutates_args=(), device_types="cpu")
-def _bwd(grad_out: Tensor, qkv: Tensor, rel: Tensor, out: Tensor, lse: Tensor, heads: int, kernel_size: int,
-         border: int, scale: float) -> tuple[Tensor, Tensor]:
-    gqkv, grel = _ext().backward(grad_out.contiguous(), qkv, rel.contiguous(), out, lse, heads, kernel_size,
-                                 border, scale)
-    return gqkv, grel
+def _bwd(grad_out: Tensor, qkv: Tensor, rel_rows: Tensor, rel_cols: Tensor, out: Tensor, lse: Tensor, heads: int,
+         kernel_size: int, border: int, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    gqkv, grows, gcols = _ext().backward(grad_out.contiguous(), qkv, rel_rows.contiguous(), rel_cols.contiguous(),
+                                         out, lse, heads, kernel_size, border, scale)
+    return gqkv, grows, gcols
 
 
 @_bwd.register_fake
-def _bwd_fake(grad_out, qkv, rel, out, lse, heads, kernel_size, border, scale):
-    return torch.empty_like(qkv), torch.empty_like(rel)
+def _bwd_fake(grad_out, qkv, rel_rows, rel_cols, out, lse, heads, kernel_size, border, scale):
+    return torch.empty_like(qkv), torch.empty_like(rel_rows), torch.empty_like(rel_cols)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    qkv, rel, heads, kernel_size, border, scale = inputs
+    qkv, rel_rows, rel_cols, heads, kernel_size, border, scale = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)
     ctx.set_materialize_grads(False)  # lse never gets a gradient: no zero tensor the size of the logits' rows
-    ctx.save_for_backward(qkv, rel, out, lse)
+    ctx.save_for_backward(qkv, rel_rows, rel_cols, out, lse)
     ctx.args = (heads, kernel_size, border, scale)
 
 
 def _backward(ctx, grad_out, _grad_lse):
     if grad_out is None:
-        return None, None, None, None, None, None
-    qkv, rel, out, lse = ctx.saved_tensors
-    gqkv, grel = _bwd(grad_out, qkv, rel, out, lse, *ctx.args)
-    return gqkv, grel, None, None, None, None
+        return (None,) * 7
+    qkv, rel_rows, rel_cols, out, lse = ctx.saved_tensors
+    gqkv, grows, gcols = _bwd(grad_out, qkv, rel_rows, rel_cols, out, lse, *ctx.args)
+    return gqkv, grows, gcols, None, None, None, None
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -90,27 +93,29 @@ def local_attention_macs(out_shape: tuple[int, ...], kernel_size: int, products:
 
 
 @register_flop_formula(torch.ops.visionattn.local_attention_fwd)
-def _fwd_flops(qkv_shape, rel_shape, heads, kernel_size, border, scale, *args, out_shape=None, **kwargs) -> int:
+def _fwd_flops(qkv_shape, rows_shape, cols_shape, heads, kernel_size, border, scale, *args, out_shape=None,
+               **kwargs) -> int:
     return 2 * local_attention_macs(out_shape[0], kernel_size, 2)
 
 
 @register_flop_formula(torch.ops.visionattn.local_attention_bwd)
 def _bwd_flops(grad_out_shape, *args, out_shape=None, **kwargs) -> int:
-    kernel_size = args[5]
+    kernel_size = args[6]
     return 2 * local_attention_macs(grad_out_shape, kernel_size, 4)
 
 
-def fused_local_attention(qkv: Tensor, rel: Tensor, heads: int, kernel_size: int, border: str,
-                          scale: float) -> Tensor:
+def fused_local_attention(qkv: Tensor, rel_rows: Tensor, rel_cols: Tensor, heads: int, kernel_size: int,
+                          border: str, scale: float) -> Tensor:
     """Local attention of the (q | k | v) stacked projections with the C++ kernel (CPU, float32 / float64;
-    other floating types are computed in float32).
+    other floating types are computed in float32). The relative embedding of window offset (u, v) is
+    ``rel_rows[:, u] + rel_cols[:, v]``.
 
     Shape:
-        - Input: qkv (B, 3 * heads * d, H, W); rel (heads, T, T, d)
+        - Input: qkv (B, 3 * heads * d, H, W); rel_rows, rel_cols (heads, T, d)
         - Output: (B, heads * d, H, W)
     """
     dtype = qkv.dtype
     compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    out, _ = _fwd(qkv.to(compute).contiguous(), rel.to(compute).contiguous(), heads, kernel_size,
-                  BORDER_CODES[border], float(scale))
+    out, _ = _fwd(qkv.to(compute).contiguous(), rel_rows.to(compute).contiguous(),
+                  rel_cols.to(compute).contiguous(), heads, kernel_size, BORDER_CODES[border], float(scale))
     return out.to(dtype)

@@ -141,9 +141,10 @@ void unpad_planes(const Geometry& g, const T* src, T* dst) {
 }
 
 // L[w * W + x] = scale * q(y, x) . (k_w + r_w) + bias, for the query row y; -inf for slots outside the softmax.
+// r_w = Rr[row offset] + Rc[column offset].
 template <typename T>
-void row_logits(const Geometry& g, const T* Q, const T* Kp, const T* R, const T* bias, int64_t y, T scale,
-                T* __restrict__ L) {
+void row_logits(const Geometry& g, const T* Q, const T* Kp, const T* Rr, const T* Rc, const T* bias, int64_t y,
+                T scale, T* __restrict__ L) {
   const int64_t W = g.W, k = g.k, HW = g.H * g.W, plane = g.Hp * g.Wp, d = g.d;
   const T ninf = -std::numeric_limits<T>::infinity();
   for (int64_t wy = 0; wy < k; ++wy) {
@@ -159,15 +160,16 @@ void row_logits(const Geometry& g, const T* Q, const T* Kp, const T* R, const T*
         const T* __restrict__ q = Q + dd * HW + y * W;
         const T* __restrict__ kk = Kp + dd * plane + kr * g.Wp;
         if (g.regular) {
-          const T r = R[(rr * g.T + wx) * d + dd];
+          const T r = Rr[rr * d + dd] + Rc[wx * d + dd];
           kk += wx;
 #pragma omp simd
           for (int64_t x = 0; x < W; ++x) Lw[x] += q[x] * (kk[x] + r);
         } else {
           const int32_t* ck = g.col_key.data() + wx * W;
           const int32_t* cr = g.col_rel.data() + wx * W;
-          const T* Rrow = R + rr * g.T * d + dd;
-          for (int64_t x = 0; x < W; ++x) Lw[x] += q[x] * (kk[ck[x]] + Rrow[cr[x] * d]);
+          const T r = Rr[rr * d + dd];
+          const T* Rcol = Rc + dd;
+          for (int64_t x = 0; x < W; ++x) Lw[x] += q[x] * (kk[ck[x]] + r + Rcol[cr[x] * d]);
         }
       }
       const T* b = bias + wx * W;
@@ -244,7 +246,8 @@ void row_output(const Geometry& g, const T* P, const T* Vp, int64_t y, T* O) {
 }
 
 template <typename T>
-void forward_planes(const Geometry& g, const T* qkv, const T* rel, T scale, T* out, T* lse, TaskQueue& tasks) {
+void forward_planes(const Geometry& g, const T* qkv, const T* rel_rows, const T* rel_cols, T scale, T* out, T* lse,
+                    TaskQueue& tasks) {
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = g.k * g.k;
   std::vector<T> Kp(g.d * g.Hp * g.Wp), Vp(g.d * g.Hp * g.Wp), L(slots * g.W), m(g.W), s(g.W);
   const std::vector<T> bias = column_bias<T>(g);
@@ -253,11 +256,12 @@ void forward_planes(const Geometry& g, const T* qkv, const T* rel, T scale, T* o
     const T* Q = qkv + (b * 3 * C + h * g.d) * HW;
     pad_planes(g, Q + C * HW, Kp.data());
     pad_planes(g, Q + 2 * C * HW, Vp.data());
-    const T* R = rel + h * g.T * g.T * g.d;
+    const T* Rr = rel_rows + h * g.T * g.d;
+    const T* Rc = rel_cols + h * g.T * g.d;
     T* O = out + (b * C + h * g.d) * HW;
     T* S = lse + task * HW;
     for (int64_t y = 0; y < g.H; ++y) {
-      row_logits(g, Q, Kp.data(), R, bias.data(), y, scale, L.data());
+      row_logits(g, Q, Kp.data(), Rr, Rc, bias.data(), y, scale, L.data());
       row_softmax(slots, g.W, g.W, L.data(), m.data(), s.data(), S + y * g.W);
       row_output(g, L.data(), Vp.data(), y, O);
     }
@@ -266,9 +270,9 @@ void forward_planes(const Geometry& g, const T* qkv, const T* rel, T scale, T* o
 
 // The backward of one query row: P in L (from row_probs), G scratch of the same size.
 template <typename T>
-void row_backward(const Geometry& g, const T* Q, const T* Kp, const T* Vp, const T* R, const T* dO, const T* O,
-                  int64_t y, T scale, T* __restrict__ L, T* __restrict__ G, T* __restrict__ D, T* dQ, T* dKp,
-                  T* dVp, T* dR) {
+void row_backward(const Geometry& g, const T* Q, const T* Kp, const T* Vp, const T* Rr, const T* Rc, const T* dO,
+                  const T* O, int64_t y, T scale, T* __restrict__ L, T* __restrict__ G, T* __restrict__ D, T* dQ,
+                  T* dKp, T* dVp, T* dRr, T* dRc) {
   const int64_t W = g.W, k = g.k, HW = g.H * g.W, plane = g.Hp * g.Wp, d = g.d, slots = k * k;
   std::fill(D, D + W, T(0));
   std::fill(G, G + slots * W, T(0));
@@ -315,7 +319,7 @@ void row_backward(const Geometry& g, const T* Q, const T* Kp, const T* Vp, const
           const T* __restrict__ kk = Kp + off + wx;
           T* __restrict__ gk = dKp + off + wx;
           T* __restrict__ gv = dVp + off + wx;
-          const T r = R[(rr * g.T + wx) * d + dd];
+          const T r = Rr[rr * d + dd] + Rc[wx * d + dd];
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
           for (int64_t x = 0; x < W; ++x) {
@@ -325,18 +329,23 @@ void row_backward(const Geometry& g, const T* Q, const T* Kp, const T* Vp, const
             acc += t;
             gv[x] += Pw[x] * go[x];
           }
-          dR[(rr * g.T + wx) * d + dd] += acc;
+          dRr[rr * d + dd] += acc;
+          dRc[wx * d + dd] += acc;
         } else {
           const int32_t* ck = g.col_key.data() + wx * W;
           const int32_t* cr = g.col_rel.data() + wx * W;
+          const T r = Rr[rr * d + dd];
+          T acc = 0;
           for (int64_t x = 0; x < W; ++x) {
-            const int64_t kx = off + ck[x], ri = (rr * g.T + cr[x]) * d + dd;
-            gq[x] += Gw[x] * (Kp[kx] + R[ri]);
+            const int64_t kx = off + ck[x], ci = cr[x] * d + dd;
+            gq[x] += Gw[x] * (Kp[kx] + r + Rc[ci]);
             const T t = Gw[x] * q[x];
             dKp[kx] += t;
-            dR[ri] += t;
+            acc += t;
+            dRc[ci] += t;
             dVp[kx] += Pw[x] * go[x];
           }
+          dRr[rr * d + dd] += acc;
         }
       }
     }
@@ -344,8 +353,8 @@ void row_backward(const Geometry& g, const T* Q, const T* Kp, const T* Vp, const
 }
 
 template <typename T>
-void backward_planes(const Geometry& g, const T* qkv, const T* rel, const T* out, const T* lse, const T* gout,
-                     T scale, T* gqkv, T* grel_parts, TaskQueue& tasks) {
+void backward_planes(const Geometry& g, const T* qkv, const T* rel_rows, const T* rel_cols, const T* out,
+                     const T* lse, const T* gout, T scale, T* gqkv, T* grel_parts, TaskQueue& tasks) {
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = g.k * g.k, padded = g.d * g.Hp * g.Wp;
   std::vector<T> Kp(padded), Vp(padded), dKp(padded), dVp(padded), L(slots * g.W), G(slots * g.W), D(g.W);
   const std::vector<T> bias = column_bias<T>(g);
@@ -357,14 +366,16 @@ void backward_planes(const Geometry& g, const T* qkv, const T* rel, const T* out
     pad_planes(g, Q + 2 * C * HW, Vp.data());
     std::fill(dKp.begin(), dKp.end(), T(0));
     std::fill(dVp.begin(), dVp.end(), T(0));
-    const T* R = rel + h * g.T * g.T * g.d;
-    T* dR = grel_parts + task * g.T * g.T * g.d;
+    const T* Rr = rel_rows + h * g.T * g.d;
+    const T* Rc = rel_cols + h * g.T * g.d;
+    T* dRr = grel_parts + task * 2 * g.T * g.d;  // then dRc, T * d further
+    T* dRc = dRr + g.T * g.d;
     const T* S = lse + task * HW;
     for (int64_t y = 0; y < g.H; ++y) {
-      row_logits(g, Q, Kp.data(), R, bias.data(), y, scale, L.data());
+      row_logits(g, Q, Kp.data(), Rr, Rc, bias.data(), y, scale, L.data());
       row_probs(slots, g.W, g.W, S + y * g.W, L.data());
-      row_backward(g, Q, Kp.data(), Vp.data(), R, gout + o_off, out + o_off, y, scale, L.data(), G.data(),
-                   D.data(), gqkv + q_off, dKp.data(), dVp.data(), dR);
+      row_backward(g, Q, Kp.data(), Vp.data(), Rr, Rc, gout + o_off, out + o_off, y, scale, L.data(), G.data(),
+                   D.data(), gqkv + q_off, dKp.data(), dVp.data(), dRr, dRc);
     }
     unpad_planes(g, dKp.data(), gqkv + q_off + C * HW);
     unpad_planes(g, dVp.data(), gqkv + q_off + 2 * C * HW);

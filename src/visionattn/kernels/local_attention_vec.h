@@ -78,20 +78,42 @@ inline void store_lanes(float* dst, v8 v, int64_t n) {
   else for (int64_t i = 0; i < n; ++i) dst[i] = v[i];
 }
 
+// The relative logits of query row y. The embedding of window slot (wy, wx) is a row part plus a column part,
+// r = Rr[rel(y, wy)] + Rc[wx], so the k^2 slots share 2k dot products per pixel (not k^2):
+//   QR[wy][x] = q(y, x) . Rr[rel(y, wy)],  QC[wx][x] = q(y, x) . Rc[wx]   (each k x Wv).
+template <int K>
+void rel_logits(const Layout& l, const int32_t* row_rel, const float* Qq, const float* Rr, const float* Rc,
+                int64_t y, float* QR, float* QC) {
+  for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+    v8 ar[K] = {}, ac[K] = {};
+    for (int64_t dd = 0; dd < l.d; ++dd) {
+      const v8 a = ld(Qq + l.qrow(dd, y) + x0);
+      for (int t = 0; t < K; ++t) {
+        ar[t] += a * bc(Rr[row_rel[y * K + t] * l.d + dd]);
+        ac[t] += a * bc(Rc[t * l.d + dd]);
+      }
+    }
+    for (int t = 0; t < K; ++t) {
+      st(QR + t * l.Wv + x0, ar[t]);
+      st(QC + t * l.Wv + x0, ac[t]);
+    }
+  }
+}
+
 // What dots() stores for each window slot, fused into the pass that computes the products:
-//   kLogits: s = scale * q . (k + r) + bias, and the running row maximum M = max_w s (forward);
+//   kLogits: s = scale * (q . k + QR[wy] + QC[wx]) + bias, and the running row maximum M = max_w s (forward);
 //   kProbs:  P = exp(s - lse), the forward's softmax rebuilt from its log-sum-exp (backward);
-//   kGrad:   G = scale * P (dO . v - D), the logits' gradient dS times the scale, P read from `P` (backward).
+//   kGrad:   G = scale * P (dO . v - D), the logits' gradient dS times the scale, P read from `P` (backward);
+//            it also sums G over each window row into GR[wy] and over each window column into GC[wx] (the
+//            gradients of the relative logits QR and QC; GC must come in zeroed).
 enum class Epi { kLogits, kProbs, kGrad };
 
-// One query row y: L[wy, wx][x] for every window slot, a(y, x) against b_(ky, x + wx) (+ r for kLogits and
-// kProbs; kGrad has no r, scale only in the epilogue). `row` is M (kLogits), lse (kProbs) or D (kGrad), Wv
-// long. Window rows outside the softmax are filled with -inf (kLogits) or 0.
+// One query row y: L[wy, wx][x] for every window slot, a(y, x) against b_(ky, x + wx). `row` is M (kLogits),
+// lse (kProbs) or D (kGrad), Wv long. Window rows outside the softmax are filled with -inf (kLogits) or 0.
 template <int K, Epi E>
-void dots(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel, const float* A,
-          const float* B, const float* R, const float* bias, const float* P, int64_t y, float scale, float* row,
-          float* L) {
-  constexpr bool kRel = E != Epi::kGrad;
+void dots(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const float* A, const float* B,
+          const float* QR, const float* QC, const float* bias, const float* P, int64_t y, float scale, float* row,
+          float* L, float* GR = nullptr, float* GC = nullptr) {
   const float fill = E == Epi::kLogits ? -std::numeric_limits<float>::infinity() : 0.0f;
   for (int64_t wy = 0; wy < K; ++wy) {
     if (!row_ok[y * K + wy]) {
@@ -99,36 +121,39 @@ void dots(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const 
         float* out = L + (wy * K + wx) * l.Wq + kLp;
         std::fill(out, out + l.Wv, fill);
       }
+      if (E == Epi::kGrad) std::fill(GR + wy * l.Wv, GR + (wy + 1) * l.Wv, 0.0f);
       continue;
     }
-    const int64_t ky = row_key[y * K + wy], rr = row_rel[y * K + wy];
+    const int64_t ky = row_key[y * K + wy];
     for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
       v8 acc[K] = {};
       for (int64_t dd = 0; dd < l.d; ++dd) {
         const v8 a = ld(A + l.qrow(dd, y) + x0);
         const float* b = B + l.krow(dd, ky) + x0;
-        if (kRel) {
-          const float* r = R + rr * l.T * l.d + dd;
-          for (int wx = 0; wx < K; ++wx) acc[wx] += a * (ld(b + wx) + bc(r[wx * l.d]));
-        } else {
-          for (int wx = 0; wx < K; ++wx) acc[wx] += a * ld(b + wx);
-        }
+        for (int wx = 0; wx < K; ++wx) acc[wx] += a * ld(b + wx);
       }
       const v8 rv = ld(row + x0);
-      v8 m = rv;
+      v8 m = rv, gsum = {}, qr = {};
+      if (E != Epi::kGrad) qr = ld(QR + wy * l.Wv + x0);
       for (int wx = 0; wx < K; ++wx) {
         float* out = L + (wy * K + wx) * l.Wq + kLp + x0;
-        if (E == Epi::kLogits) {
-          const v8 s = acc[wx] * bc(scale) + ld(bias + wx * l.Wv + x0);
-          m = m > s ? m : s;
-          st(out, s);
-        } else if (E == Epi::kProbs) {
-          st(out, vexp(acc[wx] * bc(scale) + ld(bias + wx * l.Wv + x0) - rv));
+        if (E == Epi::kGrad) {
+          const v8 g = bc(scale) * ld(P + (wy * K + wx) * l.Wq + kLp + x0) * (acc[wx] - rv);
+          st(out, g);
+          gsum += g;
+          st(GC + wx * l.Wv + x0, ld(GC + wx * l.Wv + x0) + g);
         } else {
-          st(out, bc(scale) * ld(P + (wy * K + wx) * l.Wq + kLp + x0) * (acc[wx] - rv));
+          const v8 s = (acc[wx] + qr + ld(QC + wx * l.Wv + x0)) * bc(scale) + ld(bias + wx * l.Wv + x0);
+          if (E == Epi::kLogits) {
+            m = m > s ? m : s;
+            st(out, s);
+          } else {
+            st(out, vexp(s - rv));
+          }
         }
       }
       if (E == Epi::kLogits) st(row + x0, m);
+      if (E == Epi::kGrad) st(GR + wy * l.Wv + x0, gsum);
     }
   }
 }
@@ -170,57 +195,75 @@ void weighted_sum(const Layout& l, const uint8_t* row_ok, const int32_t* row_key
   }
 }
 
-// dq(dd, y, x) = sum_w G_w(x) (k_w + r_w)(dd),  dRv[w, dd] += G_w(x) q(dd, x) (8 lanes, summed at the end).
+// dq(dd, y, x) = sum_w G_w(x) k_w(dd) + sum_wy GR_wy(x) Rr[rel(y, wy)](dd) + sum_wx GC_wx(x) Rc[wx](dd), and the
+// embeddings' gradients dRr[rel(y, wy)][dd] += GR_wy(x) q(dd, x), dRc[wx][dd] += GC_wx(x) q(dd, x), kept as
+// 8 lanes (dRv: the T x d rows table, then the T x d columns table; summed at the end).
 template <int K, int DB>
 void grad_query(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel,
-                const float* G, const float* Qq, const float* Kp, const float* R, int64_t y, int64_t dd0, float* dQ,
-                v8* dRv) {
+                const float* G, const float* GR, const float* GC, const float* Qq, const float* Kp, const float* Rr,
+                const float* Rc, int64_t y, int64_t dd0, float* dQ, v8* dRv) {
+  v8* dRcv = dRv + l.T * l.d;
   for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
     v8 acc[DB] = {}, q[DB];
-    for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
     for (int64_t wy = 0; wy < K; ++wy) {
       if (!row_ok[y * K + wy]) continue;
-      const int64_t ky = row_key[y * K + wy], rr = row_rel[y * K + wy];
+      const int64_t ky = row_key[y * K + wy];
       for (int wx = 0; wx < K; ++wx) {
         const v8 g = ld(G + (wy * K + wx) * l.Wq + kLp + x0);
-        const int64_t t = (rr * l.T + wx) * l.d + dd0;
-        for (int j = 0; j < DB; ++j) {
-          acc[j] += g * (ld(Kp + l.krow(dd0 + j, ky) + x0 + wx) + bc(R[t + j]));
-          dRv[t + j] += g * q[j];
-        }
+        for (int j = 0; j < DB; ++j) acc[j] += g * ld(Kp + l.krow(dd0 + j, ky) + x0 + wx);
+      }
+    }
+    for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
+    for (int t = 0; t < K; ++t) {
+      const v8 gr = ld(GR + t * l.Wv + x0), gc = ld(GC + t * l.Wv + x0);
+      const int64_t tr = row_rel[y * K + t] * l.d + dd0, tc = t * l.d + dd0;
+      for (int j = 0; j < DB; ++j) {
+        acc[j] += gr * bc(Rr[tr + j]) + gc * bc(Rc[tc + j]);
+        dRv[tr + j] += gr * q[j];
+        dRcv[tc + j] += gc * q[j];
       }
     }
     for (int j = 0; j < DB; ++j) store_lanes(dQ + ((dd0 + j) * l.H + y) * l.W + x0, acc[j], l.W - x0);
   }
 }
 
-// dk(ky, kx) += sum_wx G_(wy,wx)(kx - wx) q(kx - wx),  dv likewise with P and dO: gathered per key chunk.
+// The key-side gradients of query row y, gathered per key chunk (so that no store overlaps a later load):
+//   dst(dd, y + wy, kx) += sum_wx S_(wy,wx)(kx - wx) X(dd, y, kx - wx)   for every window row wy,
+// dk with S = G and X = q, dv with S = P and X = dO. Key rows y + wy are padded rows (the "mask" border's
+// outside rows hold S = 0 and are dropped on the way out). The accumulators cover all k window rows and DB
+// channels, so each shifted load of X serves k products and each load of S serves DB.
 template <int K, int DB>
-void grad_key_value(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const float* G, const float* P,
-                    const float* Qq, const float* dOq, int64_t y, int64_t dd0, float* dKp, float* dVp) {
-  for (int64_t wy = 0; wy < K; ++wy) {
-    if (!row_ok[y * K + wy]) continue;
-    const int64_t ky = row_key[y * K + wy];
-    for (int64_t kx0 = 0; kx0 < l.Wk; kx0 += 8) {
-      v8 ak[DB], av[DB];
-      for (int j = 0; j < DB; ++j) {
-        ak[j] = ld(dKp + l.krow(dd0 + j, ky) + kx0);
-        av[j] = ld(dVp + l.krow(dd0 + j, ky) + kx0);
-      }
-      for (int wx = 0; wx < K; ++wx) {
-        const int64_t xs = kLp + kx0 - wx;
-        const v8 g = ld(G + (wy * K + wx) * l.Wq + xs), p = ld(P + (wy * K + wx) * l.Wq + xs);
-        for (int j = 0; j < DB; ++j) {
-          ak[j] += g * ld(Qq + l.qrow(dd0 + j, y) - kLp + xs);
-          av[j] += p * ld(dOq + l.qrow(dd0 + j, y) - kLp + xs);
-        }
-      }
-      for (int j = 0; j < DB; ++j) {
-        st(dKp + l.krow(dd0 + j, ky) + kx0, ak[j]);
-        st(dVp + l.krow(dd0 + j, ky) + kx0, av[j]);
+void grad_keys(const Layout& l, const float* S, const float* X, int64_t y, int64_t dd0, float* dst) {
+  for (int64_t kx0 = 0; kx0 < l.Wk; kx0 += 8) {
+    v8 acc[K][DB];
+    for (int wy = 0; wy < K; ++wy)
+      for (int j = 0; j < DB; ++j) acc[wy][j] = ld(dst + l.krow(dd0 + j, y + wy) + kx0);
+    for (int wx = 0; wx < K; ++wx) {
+      const int64_t xs = kLp + kx0 - wx;
+      v8 xv[DB];
+      for (int j = 0; j < DB; ++j) xv[j] = ld(X + l.qrow(dd0 + j, y) - kLp + xs);
+      for (int wy = 0; wy < K; ++wy) {
+        const v8 sv = ld(S + (wy * K + wx) * l.Wq + xs);
+        for (int j = 0; j < DB; ++j) acc[wy][j] += sv * xv[j];
       }
     }
+    for (int wy = 0; wy < K; ++wy)
+      for (int j = 0; j < DB; ++j) st(dst + l.krow(dd0 + j, y + wy) + kx0, acc[wy][j]);
   }
+}
+
+// grad_keys over all d channels in blocks of DB = 3 (K <= 7) or 2 (K = 9: 32 vector registers hold k * DB
+// accumulators, DB operands and one S).
+template <int K>
+void grad_keys_all(const Layout& l, const float* S, const float* X, int64_t y, float* dst) {
+  constexpr int kBlock = K <= 7 ? 3 : 2;
+  int64_t dd = 0;
+  for (; dd + kBlock <= l.d; dd += kBlock) grad_keys<K, kBlock>(l, S, X, y, dd, dst);
+  if (kBlock == 3 && dd + 2 <= l.d) {
+    grad_keys<K, 2>(l, S, X, y, dd, dst);
+    dd += 2;
+  }
+  for (; dd < l.d; ++dd) grad_keys<K, 1>(l, S, X, y, dd, dst);
 }
 
 }  // namespace vec

@@ -132,7 +132,7 @@ class AttentionStem2d(nn.Module):
         windows = self._windows(x)  # (B, C_in, k^2, HW)
         # q . k_ab = (W_K^T q) . x_ab: the logits need the window of the input only, not of the keys
         q_k = torch.matmul(w_k.transpose(1, 2), q)  # (B, heads, C_in, HW)
-        logits = torch.matmul(self.rel().flatten(1, 2), q)  # the relative term q . r_ab: (B, heads, k^2, HW)
+        logits = torch.matmul(self.rel.table().flatten(1, 2), q)  # the relative term q . r_ab: (B, heads, k^2, HW)
         for c in range(self.in_channels):
             logits = logits + q_k[:, :, c, None] * windows[:, None, c]
         logits = logits * self.scale

@@ -26,7 +26,7 @@ from torch import nn
 from visionattn.kernels.flex_local_attention import flex_available, flex_local_attention
 from visionattn.kernels.local_attention import fused_local_attention, kernel_available
 from visionattn.layers.helpers import check_feature_map, check_positive_int
-from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size
+from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size, relative_table
 from visionattn.registry import register_attn
 
 __all__ = ["IMPLS", "local_attention", "LocalSelfAttention2d", "RelativeEmbedding2d"]
@@ -37,13 +37,15 @@ _PAPER = "Ramachandran et al. 2019, Stand-Alone Self-Attention in Vision Models"
 _warned_device: set[str] = set()
 
 
-def local_attention(qkv: torch.Tensor, rel: torch.Tensor, heads: int, kernel_size: int, border: str = "mask",
-                    scale: float = 1.0, impl: str = "auto") -> torch.Tensor:
+def local_attention(qkv: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.Tensor, heads: int,
+                    kernel_size: int, border: str = "mask", scale: float = 1.0, impl: str = "auto") -> torch.Tensor:
     """Local attention of stacked (q | k | v) projections, on the fastest path available.
 
     Args:
         qkv: the q, k and v projections concatenated along the channels, each ``heads * d`` wide.
-        rel: (heads, T, T, d) relative embeddings (T = k, or 2k - 1 for ``border="clamp"``).
+        rel_rows, rel_cols: (heads, T, d) relative embeddings of the row and of the column offset; the window
+            slot at offset (u, v) has ``r = rel_rows[:, u] + rel_cols[:, v]`` (T = k, or 2k - 1 for
+            ``border="clamp"``; see :class:`RelativeEmbedding2d`).
         heads: number of heads.
         kernel_size: window size k (odd).
         border: ``"mask"``, ``"zero"`` or ``"clamp"`` (see :mod:`visionattn.layers.local_attention_ref`).
@@ -54,7 +56,7 @@ def local_attention(qkv: torch.Tensor, rel: torch.Tensor, heads: int, kernel_siz
             warning.
 
     Shape:
-        - Input: qkv (B, 3 * heads * d, H, W)
+        - Input: qkv (B, 3 * heads * d, H, W); rel_rows, rel_cols (heads, T, d)
         - Output: (B, heads * d, H, W)
     """
     if impl not in IMPLS:
@@ -65,15 +67,16 @@ def local_attention(qkv: torch.Tensor, rel: torch.Tensor, heads: int, kernel_siz
         elif qkv.dtype in _FLEX_DTYPES and flex_available(qkv.device):
             impl = "flex"
     if impl == "kernel":
-        return fused_local_attention(qkv, rel, heads, kernel_size, border, scale)
+        return fused_local_attention(qkv, rel_rows, rel_cols, heads, kernel_size, border, scale)
     if impl == "flex":
-        return flex_local_attention(qkv, rel.to(qkv.dtype), heads, kernel_size, border, scale)
+        return flex_local_attention(qkv, relative_table(rel_rows, rel_cols).to(qkv.dtype), heads, kernel_size,
+                                    border, scale)
     if impl == "auto" and qkv.device.type not in _warned_device:
         _warned_device.add(qkv.device.type)
         warnings.warn(f"no fused local attention kernel for {qkv.device.type} tensors here; using the slow "
                       f"pure-PyTorch reference", RuntimeWarning, stacklevel=2)
     q, k, v = qkv.chunk(3, dim=1)
-    return local_attention_reference(q, k, v, rel, kernel_size, border, scale)
+    return local_attention_reference(q, k, v, relative_table(rel_rows, rel_cols), kernel_size, border, scale)
 
 
 def _project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -91,13 +94,17 @@ class RelativeEmbedding2d(nn.Module):
     """The 2D relative embedding r_{a-i, b-j} of SASA: a row-offset and a column-offset table of d_out / 2
     channels each, concatenated, then split into heads like the keys they are added to.
 
+    The concatenation [row_u, col_v] equals [row_u, 0] + [0, col_v]: ``forward`` returns these two zero-filled
+    tables split into heads, which is what the kernels take (the k^2 window slots then share 2k relative dot
+    products per pixel); :meth:`table` gives the whole (heads, T, T, d) table.
+
     Args:
         channels: d_out, even.
         heads: number of heads; ``channels`` must divide into them.
         size: offsets per axis (k, or 2k - 1 when the window is clamped at the border).
 
     Shape:
-        - Output: (heads, size, size, channels / heads)
+        - Output: rel_rows, rel_cols (heads, size, channels / heads)
     """
 
     def __init__(self, channels: int, heads: int, size: int) -> None:
@@ -108,10 +115,14 @@ class RelativeEmbedding2d(nn.Module):
         self.rows = nn.Parameter(torch.randn(size, channels // 2))
         self.cols = nn.Parameter(torch.randn(size, channels // 2))
 
-    def forward(self) -> torch.Tensor:
-        size = self.rows.shape[0]
-        table = torch.cat([self.rows[:, None].expand(-1, size, -1), self.cols[None, :].expand(size, -1, -1)], -1)
-        return rearrange(table, "u v (h d) -> h u v d", h=self.heads).contiguous()
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.cat([self.rows, torch.zeros_like(self.cols)], -1)  # (T, d_out): row half, then zeros
+        cols = torch.cat([torch.zeros_like(self.rows), self.cols], -1)
+        return tuple(rearrange(t, "t (h d) -> h t d", h=self.heads).contiguous() for t in (rows, cols))
+
+    def table(self) -> torch.Tensor:
+        """r for every offset pair: (heads, size, size, channels / heads)."""
+        return relative_table(*self())
 
 
 @register_attn("sasa", paper=_PAPER, family="self-attention", conv_like=True, min_channels=8,
@@ -167,7 +178,7 @@ class LocalSelfAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_channels, "LocalSelfAttention2d")
         qkv = _project(self.qkv, x)
-        out = local_attention(qkv, self.rel(), self.heads, self.kernel_size, self.border, self.scale, self.impl)
+        out = local_attention(qkv, *self.rel(), self.heads, self.kernel_size, self.border, self.scale, self.impl)
         if self.stride > 1:
             out = F.avg_pool2d(out, self.stride, self.stride, ceil_mode=True)
         return out
