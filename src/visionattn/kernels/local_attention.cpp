@@ -71,9 +71,9 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel_ro
       std::fill(M.begin(), M.end(), -std::numeric_limits<float>::infinity());
       vec::rel_logits<K>(l, g.rows.rel.data(), Qq.data(), Rr, Rc, y, QR.data(), QC.data());
       vec::dots<K, vec::Epi::kLogits>(l, ok, key, Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(), nullptr,
-                                      y, scale, M.data(), L.data());
-      vec::softmax_row(l, slots, L.data(), M.data(), inv.data());  // M becomes the log-sum-exp
-      std::memcpy(lse + task * HW + y * g.W, M.data(), g.W * sizeof(float));
+                                      y, scale * vec::kLog2e, M.data(), L.data());
+      vec::softmax_row(l, slots, L.data(), M.data(), inv.data());  // M becomes the base-2 log-sum-exp
+      for (int64_t x = 0; x < g.W; ++x) lse[task * HW + y * g.W + x] = M[x] * vec::kLn2;
       int64_t dd = 0;
       for (; dd + 8 <= g.d; dd += 8) vec::weighted_sum<K, 8>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
       for (; dd + 4 <= g.d; dd += 4) vec::weighted_sum<K, 4>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
@@ -113,10 +113,10 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
     const float* dO = gout + o_off;
     float* dQ = gqkv + q_off;
     for (int64_t y = 0; y < g.H; ++y) {
-      std::memcpy(S.data(), lse + task * HW + y * g.W, g.W * sizeof(float));
+      for (int64_t x = 0; x < g.W; ++x) S[x] = lse[task * HW + y * g.W + x] * vec::kLog2e;
       vec::rel_logits<K>(l, rrel, Qq.data(), Rr, Rc, y, QR.data(), QC.data());
       vec::dots<K, vec::Epi::kProbs>(l, ok, key, Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(), nullptr, y,
-                                     scale, S.data(), L.data());
+                                     scale * vec::kLog2e, S.data(), L.data());
       std::fill(D.begin(), D.end(), 0.0f);
       for (int64_t dd = 0; dd < g.d; ++dd)
         for (int64_t x = 0; x < g.W; ++x) D[x] += dO[(dd * g.H + y) * g.W + x] * O[(dd * g.H + y) * g.W + x];
