@@ -1,7 +1,8 @@
 // The vectorised float path of local_attention.cpp for windows that do not move ("mask" and "zero" borders)
 // and k in {3, 5, 7, 9}: 8-lane vectors over x (GCC vector extensions, so any x86-64 compiles it; AVX2 + FMA
-// when the build enables them), register blocking over the k window columns (forward logits, dP) and over
-// channels (outputs, dq), and key-centred gathers for dk / dv so that no store overlaps a later load.
+// when the build enables them), register blocking over the k window columns (logits, dP), over channels
+// (outputs, dq), and over window rows and channels in the key-centred gathers for dk / dv (so that no store
+// overlaps a later load).
 //
 // Row layouts per (batch, head) plane, all zero-initialised:
 //   query rows  [d][H][Wq]   x at kLp + x          (q, dO; the softmax rows L and dS rows G use [k^2][Wq])
