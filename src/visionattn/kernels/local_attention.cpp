@@ -48,16 +48,44 @@ std::vector<float> vec_bias(const Geometry& g, const vec::Layout& l) {
   return bias;
 }
 
+// Padded key rows that take part in the softmax: all for "zero", those inside the image for "mask".
+std::vector<uint8_t> key_rows_ok(const Geometry& g) {
+  std::vector<uint8_t> ok(g.Hp, 0);
+  for (int64_t y = 0; y < g.H; ++y)
+    for (int64_t wy = 0; wy < g.k; ++wy) ok[y + wy] = g.rows.ok[y * g.k + wy];
+  return ok;
+}
+
+// Runs f(y, integral_constant R) over the query rows: two at a time (R = 2, the last one of an odd H alone) where
+// two rows' softmax buffers take at most 20 KB, so that they stay in a 32 KB L1 cache beside the key rows (in
+// A/B timings pairs were faster at 28 x 28 and below, and slower at 56 x 56, where they do not); else one at a
+// time.
+template <typename F>
+void query_rows(const vec::Layout& l, F f) {
+  int64_t y = 0;
+  if (2 * vec::slots(l) * sizeof(float) <= 20 * 1024)
+    for (; y + 2 <= l.H; y += 2) f(y, std::integral_constant<int, 2>());
+  for (; y < l.H; ++y) f(y, std::integral_constant<int, 1>());
+}
+
+// Channel blocks of 8, 4 and 1: f(dd, integral_constant DB).
+template <typename F>
+void channel_blocks(int64_t d, F f) {
+  int64_t dd = 0;
+  for (; dd + 8 <= d; dd += 8) f(dd, std::integral_constant<int, 8>());
+  for (; dd + 4 <= d; dd += 4) f(dd, std::integral_constant<int, 4>());
+  for (; dd < d; ++dd) f(dd, std::integral_constant<int, 1>());
+}
+
 template <int K>
 void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel_rows, const float* rel_cols,
                         float scale, float* out, float* lse, TaskQueue& tasks) {
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
-  const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K;
+  const int64_t HW = g.H * g.W, C = g.heads * g.d, ls = vec::slots(l), rs = vec::rel(l);
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), Kp(l.d * l.Hp * l.Wk, 0.0f), Vp(l.d * l.Hp * l.Wk, 0.0f);
-  std::vector<float> L(slots * l.Wq, 0.0f), M(l.Wv), inv(l.Wv), QR(K * l.Wv), QC(K * l.Wv);
+  std::vector<float> L(2 * ls, 0.0f), M(2 * l.Wv), inv(2 * l.Wv), QR(2 * rs), QC(2 * rs);
   const std::vector<float> bias = vec_bias<K>(g, l);
-  const uint8_t* ok = g.rows.ok.data();
-  const int32_t* key = g.rows.key.data();
+  const std::vector<uint8_t> ok = key_rows_ok(g);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const float* Q = qkv + (b * 3 * C + h * g.d) * HW;
@@ -67,18 +95,20 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel_ro
     const float* Rr = rel_rows + h * g.T * g.d;
     const float* Rc = rel_cols + h * g.T * g.d;
     float* O = out + (b * C + h * g.d) * HW;
-    for (int64_t y = 0; y < g.H; ++y) {
+    query_rows(l, [&](int64_t y, auto R_) {
+      constexpr int R = decltype(R_)::value;
       std::fill(M.begin(), M.end(), -std::numeric_limits<float>::infinity());
-      vec::rel_logits<K>(l, g.rows.rel.data(), Qq.data(), Rr, Rc, y, QR.data(), QC.data());
-      vec::dots<K, vec::Epi::kLogits>(l, ok, key, Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(), nullptr,
-                                      y, scale * vec::kLog2e, M.data(), L.data());
-      vec::softmax_row(l, slots, L.data(), M.data(), inv.data());  // M becomes the base-2 log-sum-exp
-      for (int64_t x = 0; x < g.W; ++x) lse[task * HW + y * g.W + x] = M[x] * vec::kLn2;
-      int64_t dd = 0;
-      for (; dd + 8 <= g.d; dd += 8) vec::weighted_sum<K, 8>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
-      for (; dd + 4 <= g.d; dd += 4) vec::weighted_sum<K, 4>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
-      for (; dd < g.d; ++dd) vec::weighted_sum<K, 1>(l, ok, key, L.data(), Vp.data(), inv.data(), y, dd, O);
-    }
+      for (int r = 0; r < R; ++r) vec::rel_logits<K>(l, Qq.data(), Rr, Rc, y + r, &QR[r * rs], &QC[r * rs]);
+      vec::dots<K, vec::Epi::kLogits, R>(l, ok.data(), Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(),
+                                         nullptr, y, scale * vec::kLog2e, M.data(), L.data());
+      for (int r = 0; r < R; ++r) {
+        vec::softmax_row(l, K * K, &L[r * ls], &M[r * l.Wv], &inv[r * l.Wv]);  // M: the base-2 log-sum-exp
+        for (int64_t x = 0; x < g.W; ++x) lse[task * HW + (y + r) * g.W + x] = M[r * l.Wv + x] * vec::kLn2;
+      }
+      channel_blocks(g.d, [&](int64_t dd, auto DB) {
+        vec::weighted_sum<K, decltype(DB)::value, R>(l, ok.data(), L.data(), Vp.data(), inv.data(), y, dd, O);
+      });
+    });
   }
 }
 
@@ -87,16 +117,15 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
                          const float* out, const float* lse, const float* gout, float scale, float* gqkv,
                          float* grel_parts, TaskQueue& tasks) {
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
-  const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = K * K, keys = l.d * l.Hp * l.Wk;
+  const int64_t HW = g.H * g.W, C = g.heads * g.d, keys = l.d * l.Hp * l.Wk, ls = vec::slots(l),
+                rs = vec::rel(l);
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
   std::vector<float> Kp(keys, 0.0f), Vp(keys, 0.0f), dKp(keys), dVp(keys);
-  std::vector<float> L(slots * l.Wq, 0.0f), G(slots * l.Wq, 0.0f), D(l.Wv, 0.0f), S(l.Wv, 0.0f);
-  std::vector<float> QR(K * l.Wv), QC(K * l.Wv), GR(K * l.Wv), GC(K * l.Wv);
+  std::vector<float> L(2 * ls, 0.0f), G(2 * ls, 0.0f), D(2 * l.Wv, 0.0f), S(2 * l.Wv, 0.0f);
+  std::vector<float> QR(2 * rs), QC(2 * rs), GR(2 * rs), GC(2 * rs);
   std::vector<vec::v8> dRv(2 * g.T * g.d);
   const std::vector<float> bias = vec_bias<K>(g, l);
-  const uint8_t* ok = g.rows.ok.data();
-  const int32_t* key = g.rows.key.data();
-  const int32_t* rrel = g.rows.rel.data();
+  const std::vector<uint8_t> ok = key_rows_ok(g);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const int64_t q_off = (b * 3 * C + h * g.d) * HW, o_off = (b * C + h * g.d) * HW;
@@ -112,30 +141,30 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
     const float* O = out + o_off;
     const float* dO = gout + o_off;
     float* dQ = gqkv + q_off;
-    for (int64_t y = 0; y < g.H; ++y) {
-      for (int64_t x = 0; x < g.W; ++x) S[x] = lse[task * HW + y * g.W + x] * vec::kLog2e;
-      vec::rel_logits<K>(l, rrel, Qq.data(), Rr, Rc, y, QR.data(), QC.data());
-      vec::dots<K, vec::Epi::kProbs>(l, ok, key, Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(), nullptr, y,
-                                     scale * vec::kLog2e, S.data(), L.data());
-      std::fill(D.begin(), D.end(), 0.0f);
-      for (int64_t dd = 0; dd < g.d; ++dd)
-        for (int64_t x = 0; x < g.W; ++x) D[x] += dO[(dd * g.H + y) * g.W + x] * O[(dd * g.H + y) * g.W + x];
+    query_rows(l, [&](int64_t y, auto R_) {
+      constexpr int R = decltype(R_)::value;
+      for (int r = 0; r < R; ++r) {
+        for (int64_t x = 0; x < g.W; ++x) S[r * l.Wv + x] = lse[task * HW + (y + r) * g.W + x] * vec::kLog2e;
+        vec::rel_logits<K>(l, Qq.data(), Rr, Rc, y + r, &QR[r * rs], &QC[r * rs]);
+        float* Dr = &D[r * l.Wv];
+        std::fill(Dr, Dr + l.Wv, 0.0f);
+        for (int64_t dd = 0; dd < g.d; ++dd)
+          for (int64_t x = 0; x < g.W; ++x) Dr[x] += dO[(dd * g.H + y + r) * g.W + x] * O[(dd * g.H + y + r) * g.W + x];
+      }
+      vec::dots<K, vec::Epi::kProbs, R>(l, ok.data(), Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(),
+                                        nullptr, y, scale * vec::kLog2e, S.data(), L.data());
       std::fill(GC.begin(), GC.end(), 0.0f);
-      vec::dots<K, vec::Epi::kGrad>(l, ok, key, dOq.data(), Vp.data(), nullptr, nullptr, nullptr, L.data(), y, scale,
-                                    D.data(), G.data(), GR.data(), GC.data());
-      int64_t dd = 0;
-      for (; dd + 8 <= g.d; dd += 8)
-        vec::grad_query<K, 8>(l, ok, key, rrel, G.data(), GR.data(), GC.data(), Qq.data(), Kp.data(), Rr, Rc, y,
-                              dd, dQ, dRv.data());
-      for (; dd + 4 <= g.d; dd += 4)
-        vec::grad_query<K, 4>(l, ok, key, rrel, G.data(), GR.data(), GC.data(), Qq.data(), Kp.data(), Rr, Rc, y,
-                              dd, dQ, dRv.data());
-      for (; dd < g.d; ++dd)
-        vec::grad_query<K, 1>(l, ok, key, rrel, G.data(), GR.data(), GC.data(), Qq.data(), Kp.data(), Rr, Rc, y,
-                              dd, dQ, dRv.data());
-      vec::grad_keys_all<K>(l, G.data(), Qq.data(), y, dKp.data());
-      vec::grad_keys_all<K>(l, L.data(), dOq.data(), y, dVp.data());
-    }
+      vec::dots<K, vec::Epi::kGrad, R>(l, ok.data(), dOq.data(), Vp.data(), nullptr, nullptr, nullptr, L.data(), y,
+                                       scale, D.data(), G.data(), GR.data(), GC.data());
+      channel_blocks(g.d, [&](int64_t dd, auto DB) {
+        vec::grad_query<K, decltype(DB)::value, R>(l, ok.data(), G.data(), GR.data(), GC.data(), Qq.data(),
+                                                   Kp.data(), Rr, Rc, y, dd, dQ, dRv.data());
+      });
+      for (int r = 0; r < R; ++r) {
+        vec::grad_keys_all<K>(l, &G[r * ls], Qq.data(), y + r, dKp.data());
+        vec::grad_keys_all<K>(l, &L[r * ls], dOq.data(), y + r, dVp.data());
+      }
+    });
     vec::from_key_planes(l, dKp.data(), gqkv + q_off + C * HW);
     vec::from_key_planes(l, dVp.data(), gqkv + q_off + 2 * C * HW);
     float* dR = grel_parts + task * 2 * g.T * g.d;

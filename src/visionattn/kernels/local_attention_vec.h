@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace vec {
@@ -26,6 +27,13 @@ constexpr int64_t kLp = 8;  // left margin of the query rows: the key-centred ga
 inline v8 ld(const float* p) { v8 v; std::memcpy(&v, p, sizeof(v8)); return v; }
 inline void st(float* p, v8 v) { std::memcpy(p, &v, sizeof(v8)); }
 inline v8 bc(float s) { return v8{s, s, s, s, s, s, s, s}; }
+// A load that stays one load: where a loaded vector serves several products, GCC otherwise folds it into each
+// multiply-add as a memory operand, loading it again for every product (the empty asm pins it to a register).
+inline v8 ldr(const float* p) {
+  v8 v = ld(p);
+  asm("" : "+v"(v));
+  return v;
+}
 inline float hsum(v8 v) { float s = 0; for (int i = 0; i < 8; ++i) s += v[i]; return s; }
 inline int64_t up8(int64_t n) { return (n + 7) / 8 * 8; }
 
@@ -100,18 +108,43 @@ inline void store_lanes(float* dst, v8 v, int64_t n) {
   else for (int64_t i = 0; i < n; ++i) dst[i] = v[i];
 }
 
-// The relative logits of query row y. The embedding of window slot (wy, wx) is a row part plus a column part,
-// r = Rr[rel(y, wy)] + Rc[wx], so the k^2 slots share 2k dot products per pixel (not k^2):
-//   QR[wy][x] = q(y, x) . Rr[rel(y, wy)],  QC[wx][x] = q(y, x) . Rc[wx]   (each k x Wv).
+// Per-row scratch, R query rows at a time (row r at offset r * the size):
+//   L, G:    [k^2][Wq] softmax and dS rows (slot (wy, wx) at (wy * k + wx) * Wq + kLp)   size slots()
+//   QR, QC, GR, GC: [k][Wv] relative logits and their gradients                          size rel()
+//   M, S, D, inv: [Wv]                                                                   size Wv
+inline int64_t slots(const Layout& l) { return l.k * l.k * l.Wq; }
+inline int64_t rel(const Layout& l) { return l.k * l.Wv; }
+
+// Query rows y .. y + R - 1 share their key rows: padded key row y + kr is window row wy = kr - r of query row
+// y + r. Loading each shifted key row once for R query rows halves the loads that bound these loops (R = 2).
+// with_rows calls f(lo, hi) with the query rows r in [lo, hi] (compile-time) that key row kr serves.
+template <int K, int R, typename F>
+inline void with_rows(int64_t kr, F f) {
+  using lo0 = std::integral_constant<int, 0>;
+  using hi0 = std::integral_constant<int, 0>;
+  using lo1 = std::integral_constant<int, R - 1>;
+  static_assert(R == 1 || R == 2, "one or two query rows at a time");
+  if constexpr (R == 1) {
+    f(lo0(), hi0());
+  } else {
+    if (kr == 0) f(lo0(), hi0());
+    else if (kr == K) f(lo1(), lo1());
+    else f(lo0(), lo1());
+  }
+}
+
+// The relative logits of query row y (regular windows: relative index = window slot). The embedding of slot
+// (wy, wx) is a row part plus a column part, r = Rr[wy] + Rc[wx], so the k^2 slots share 2k dot products per
+// pixel (not k^2):  QR[wy][x] = q(y, x) . Rr[wy],  QC[wx][x] = q(y, x) . Rc[wx].
 template <int K>
-void rel_logits(const Layout& l, const int32_t* row_rel, const float* Qq, const float* Rr, const float* Rc,
-                int64_t y, float* QR, float* QC) {
+void rel_logits(const Layout& l, const float* Qq, const float* Rr, const float* Rc, int64_t y, float* QR,
+                float* QC) {
   for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
     v8 ar[K] = {}, ac[K] = {};
     for (int64_t dd = 0; dd < l.d; ++dd) {
       const v8 a = ld(Qq + l.qrow(dd, y) + x0);
       for (int t = 0; t < K; ++t) {
-        ar[t] += a * bc(Rr[row_rel[y * K + t] * l.d + dd]);
+        ar[t] += a * bc(Rr[t * l.d + dd]);
         ac[t] += a * bc(Rc[t * l.d + dd]);
       }
     }
@@ -131,53 +164,70 @@ void rel_logits(const Layout& l, const int32_t* row_rel, const float* Qq, const 
 //            gradients of the relative logits QR and QC; GC must come in zeroed).
 enum class Epi { kLogits, kProbs, kGrad };
 
-// One query row y: L[wy, wx][x] for every window slot, a(y, x) against b_(ky, x + wx). `row` is M (kLogits),
-// lse (kProbs) or D (kGrad), Wv long. Window rows outside the softmax are filled with -inf (kLogits) or 0.
-template <int K, Epi E>
-void dots(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const float* A, const float* B,
-          const float* QR, const float* QC, const float* bias, const float* P, int64_t y, float scale, float* row,
-          float* L, float* GR = nullptr, float* GC = nullptr) {
+// Query rows y .. y + R - 1: L[wy, wx][x] for every window slot, a(y + r, x) against b(y + wy + r, x + wx).
+// `row` is M (kLogits), lse (kProbs) or D (kGrad). key_ok[ky]: padded key row ky takes part in the softmax;
+// the slots of the other rows are filled with -inf (kLogits) or 0.
+template <int K, Epi E, int R>
+void dots(const Layout& l, const uint8_t* key_ok, const float* A, const float* B, const float* QR, const float* QC,
+          const float* bias, const float* P, int64_t y, float scale, float* row, float* L, float* GR = nullptr,
+          float* GC = nullptr) {
   const float fill = E == Epi::kLogits ? -std::numeric_limits<float>::infinity() : 0.0f;
-  for (int64_t wy = 0; wy < K; ++wy) {
-    if (!row_ok[y * K + wy]) {
-      for (int64_t wx = 0; wx < K; ++wx) {
-        float* out = L + (wy * K + wx) * l.Wq + kLp;
-        std::fill(out, out + l.Wv, fill);
+  const int64_t ls = slots(l), rs = rel(l);
+  for (int64_t kr = 0; kr < K + R - 1; ++kr) {
+    with_rows<K, R>(kr, [&](auto lo_, auto hi_) {
+      constexpr int lo = decltype(lo_)::value, hi = decltype(hi_)::value;
+      if (!key_ok[y + kr]) {
+        for (int r = lo; r <= hi; ++r) {
+          const int64_t wy = kr - r;
+          for (int64_t wx = 0; wx < K; ++wx) {
+            float* out = L + r * ls + (wy * K + wx) * l.Wq + kLp;
+            std::fill(out, out + l.Wv, fill);
+          }
+          if (E == Epi::kGrad) std::fill(GR + r * rs + wy * l.Wv, GR + r * rs + (wy + 1) * l.Wv, 0.0f);
+        }
+        return;
       }
-      if (E == Epi::kGrad) std::fill(GR + wy * l.Wv, GR + (wy + 1) * l.Wv, 0.0f);
-      continue;
-    }
-    const int64_t ky = row_key[y * K + wy];
-    for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
-      v8 acc[K] = {};
-      for (int64_t dd = 0; dd < l.d; ++dd) {
-        const v8 a = ld(A + l.qrow(dd, y) + x0);
-        const float* b = B + l.krow(dd, ky) + x0;
-        for (int wx = 0; wx < K; ++wx) acc[wx] += a * ld(b + wx);
-      }
-      const v8 rv = ld(row + x0);
-      v8 m = rv, gsum = {}, qr = {};
-      if (E != Epi::kGrad) qr = ld(QR + wy * l.Wv + x0);
-      for (int wx = 0; wx < K; ++wx) {
-        float* out = L + (wy * K + wx) * l.Wq + kLp + x0;
-        if (E == Epi::kGrad) {
-          const v8 g = bc(scale) * ld(P + (wy * K + wx) * l.Wq + kLp + x0) * (acc[wx] - rv);
-          st(out, g);
-          gsum += g;
-          st(GC + wx * l.Wv + x0, ld(GC + wx * l.Wv + x0) + g);
-        } else {
-          const v8 s = (acc[wx] + qr + ld(QC + wx * l.Wv + x0)) * bc(scale) + ld(bias + wx * l.Wv + x0);
-          if (E == Epi::kLogits) {
-            m = m > s ? m : s;
-            st(out, s);
-          } else {
-            st(out, vexp2(s - rv));
+      for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+        v8 acc[R][K] = {};
+        for (int64_t dd = 0; dd < l.d; ++dd) {
+          v8 a[R];
+          for (int r = lo; r <= hi; ++r) a[r] = ld(A + l.qrow(dd, y + r) + x0);
+          const float* b = B + l.krow(dd, y + kr) + x0;
+          for (int wx = 0; wx < K; ++wx) {
+            const v8 bv = hi > lo ? ldr(b + wx) : ld(b + wx);
+            for (int r = lo; r <= hi; ++r) acc[r][wx] += a[r] * bv;
           }
         }
+        for (int r = lo; r <= hi; ++r) {
+          const int64_t wy = kr - r;
+          float* rowr = row + r * l.Wv;
+          const v8 rv = ld(rowr + x0);
+          v8 m = rv, gsum = {}, qr = {};
+          if (E != Epi::kGrad) qr = ld(QR + r * rs + wy * l.Wv + x0);
+          for (int wx = 0; wx < K; ++wx) {
+            float* out = L + r * ls + (wy * K + wx) * l.Wq + kLp + x0;
+            if (E == Epi::kGrad) {
+              const v8 g = bc(scale) * ld(P + r * ls + (wy * K + wx) * l.Wq + kLp + x0) * (acc[r][wx] - rv);
+              st(out, g);
+              gsum += g;
+              float* gc = GC + r * rs + wx * l.Wv + x0;
+              st(gc, ld(gc) + g);
+            } else {
+              const v8 s = (acc[r][wx] + qr + ld(QC + r * rs + wx * l.Wv + x0)) * bc(scale) +
+                           ld(bias + wx * l.Wv + x0);
+              if (E == Epi::kLogits) {
+                m = m > s ? m : s;
+                st(out, s);
+              } else {
+                st(out, vexp2(s - rv));
+              }
+            }
+          }
+          if (E == Epi::kLogits) st(rowr + x0, m);
+          if (E == Epi::kGrad) st(GR + r * rs + wy * l.Wv + x0, gsum);
+        }
       }
-      if (E == Epi::kLogits) st(row + x0, m);
-      if (E == Epi::kGrad) st(GR + wy * l.Wv + x0, gsum);
-    }
+    });
   }
 }
 
@@ -200,54 +250,73 @@ inline void softmax_row(const Layout& l, int64_t slots, float* L, float* M, floa
   }
 }
 
-// out(dd, y, x) = inv(x) sum_w P_w(x) v_w(dd, x): blocks of DB channels share each load of P.
-template <int K, int DB>
-void weighted_sum(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const float* P, const float* V,
-                  const float* inv, int64_t y, int64_t dd0, float* O) {
-  for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
-    v8 acc[DB] = {};
-    for (int64_t wy = 0; wy < K; ++wy) {
-      if (!row_ok[y * K + wy]) continue;
-      const int64_t ky = row_key[y * K + wy];
+// The window sums of query rows y .. y + R - 1 for DB channels from dd0:
+//   acc_r[j](x) = sum_(wy, wx) S_r[wy, wx](x) X(dd0 + j, y + r + wy, x + wx)
+// (S = P and X = v: the output; S = G and X = k: dq), each shifted load of X serving the R query rows.
+template <int K, int DB, int R>
+void window_sums(const Layout& l, const uint8_t* key_ok, const float* S, const float* X, int64_t y, int64_t dd0,
+                 int64_t x0, v8 (&acc)[R][DB]) {
+  const int64_t ls = slots(l);
+  v8 sum[R][DB] = {};  // local, so that the compiler keeps it in registers (acc may alias the loads)
+  for (int64_t kr = 0; kr < K + R - 1; ++kr) {
+    if (!key_ok[y + kr]) continue;
+    with_rows<K, R>(kr, [&](auto lo_, auto hi_) {
+      constexpr int lo = decltype(lo_)::value, hi = decltype(hi_)::value;
       for (int wx = 0; wx < K; ++wx) {
-        const v8 p = ld(P + (wy * K + wx) * l.Wq + kLp + x0);
-        for (int j = 0; j < DB; ++j) acc[j] += p * ld(V + l.krow(dd0 + j, ky) + x0 + wx);
+        v8 p[R];
+        for (int r = lo; r <= hi; ++r) p[r] = ld(S + r * ls + ((kr - r) * K + wx) * l.Wq + kLp + x0);
+        for (int j = 0; j < DB; ++j) {
+          const float* xp = X + l.krow(dd0 + j, y + kr) + x0 + wx;
+          const v8 xv = hi > lo ? ldr(xp) : ld(xp);
+          for (int r = lo; r <= hi; ++r) sum[r][j] += p[r] * xv;
+        }
       }
+    });
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < DB; ++j) acc[r][j] = sum[r][j];
+}
+
+// out(dd, y + r, x) = inv_r(x) sum_w P_w(x) v_w(dd, x) for DB channels from dd0.
+template <int K, int DB, int R>
+void weighted_sum(const Layout& l, const uint8_t* key_ok, const float* P, const float* V, const float* inv,
+                  int64_t y, int64_t dd0, float* O) {
+  for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+    v8 acc[R][DB];
+    window_sums<K, DB, R>(l, key_ok, P, V, y, dd0, x0, acc);
+    for (int r = 0; r < R; ++r) {
+      const v8 s = ld(inv + r * l.Wv + x0);
+      for (int j = 0; j < DB; ++j) store_lanes(O + ((dd0 + j) * l.H + y + r) * l.W + x0, acc[r][j] * s, l.W - x0);
     }
-    const v8 s = ld(inv + x0);
-    for (int j = 0; j < DB; ++j) store_lanes(O + ((dd0 + j) * l.H + y) * l.W + x0, acc[j] * s, l.W - x0);
   }
 }
 
-// dq(dd, y, x) = sum_w G_w(x) k_w(dd) + sum_wy GR_wy(x) Rr[rel(y, wy)](dd) + sum_wx GC_wx(x) Rc[wx](dd), and the
-// embeddings' gradients dRr[rel(y, wy)][dd] += GR_wy(x) q(dd, x), dRc[wx][dd] += GC_wx(x) q(dd, x), kept as
-// 8 lanes (dRv: the T x d rows table, then the T x d columns table; summed at the end).
-template <int K, int DB>
-void grad_query(const Layout& l, const uint8_t* row_ok, const int32_t* row_key, const int32_t* row_rel,
-                const float* G, const float* GR, const float* GC, const float* Qq, const float* Kp, const float* Rr,
-                const float* Rc, int64_t y, int64_t dd0, float* dQ, v8* dRv) {
+// dq(dd, y + r, x) = sum_w G_w(x) k_w(dd) + sum_wy GR_wy(x) Rr[wy](dd) + sum_wx GC_wx(x) Rc[wx](dd), and the
+// embeddings' gradients dRr[wy][dd] += GR_wy(x) q(dd, x), dRc[wx][dd] += GC_wx(x) q(dd, x), kept as 8 lanes
+// (dRv: the T x d rows table, then the T x d columns table; summed at the end).
+template <int K, int DB, int R>
+void grad_query(const Layout& l, const uint8_t* key_ok, const float* G, const float* GR, const float* GC,
+                const float* Qq, const float* Kp, const float* Rr, const float* Rc, int64_t y, int64_t dd0, float* dQ,
+                v8* dRv) {
   v8* dRcv = dRv + l.T * l.d;
+  const int64_t rs = rel(l);
   for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
-    v8 acc[DB] = {}, q[DB];
-    for (int64_t wy = 0; wy < K; ++wy) {
-      if (!row_ok[y * K + wy]) continue;
-      const int64_t ky = row_key[y * K + wy];
-      for (int wx = 0; wx < K; ++wx) {
-        const v8 g = ld(G + (wy * K + wx) * l.Wq + kLp + x0);
-        for (int j = 0; j < DB; ++j) acc[j] += g * ld(Kp + l.krow(dd0 + j, ky) + x0 + wx);
+    v8 acc[R][DB];
+    window_sums<K, DB, R>(l, key_ok, G, Kp, y, dd0, x0, acc);
+    for (int r = 0; r < R; ++r) {
+      v8 q[DB];
+      for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y + r) + x0);
+      for (int t = 0; t < K; ++t) {
+        const v8 gr = ld(GR + r * rs + t * l.Wv + x0), gc = ld(GC + r * rs + t * l.Wv + x0);
+        const int64_t ti = t * l.d + dd0;
+        for (int j = 0; j < DB; ++j) {
+          acc[r][j] += gr * bc(Rr[ti + j]) + gc * bc(Rc[ti + j]);
+          dRv[ti + j] += gr * q[j];
+          dRcv[ti + j] += gc * q[j];
+        }
       }
+      for (int j = 0; j < DB; ++j) store_lanes(dQ + ((dd0 + j) * l.H + y + r) * l.W + x0, acc[r][j], l.W - x0);
     }
-    for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y) + x0);
-    for (int t = 0; t < K; ++t) {
-      const v8 gr = ld(GR + t * l.Wv + x0), gc = ld(GC + t * l.Wv + x0);
-      const int64_t tr = row_rel[y * K + t] * l.d + dd0, tc = t * l.d + dd0;
-      for (int j = 0; j < DB; ++j) {
-        acc[j] += gr * bc(Rr[tr + j]) + gc * bc(Rc[tc + j]);
-        dRv[tr + j] += gr * q[j];
-        dRcv[tc + j] += gc * q[j];
-      }
-    }
-    for (int j = 0; j < DB; ++j) store_lanes(dQ + ((dd0 + j) * l.H + y) * l.W + x0, acc[j], l.W - x0);
   }
 }
 
