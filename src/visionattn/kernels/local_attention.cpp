@@ -101,13 +101,16 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel_ro
       for (int r = 0; r < R; ++r) vec::rel_logits<K>(l, Qq.data(), Rr, Rc, y + r, &QR[r * rs], &QC[r * rs]);
       vec::dots<K, vec::Epi::kLogits, R>(l, ok.data(), Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(),
                                          nullptr, y, scale * vec::kLog2e, M.data(), L.data());
-      for (int r = 0; r < R; ++r) {
-        vec::softmax_row(l, K * K, &L[r * ls], &M[r * l.Wv], &inv[r * l.Wv]);  // M: the base-2 log-sum-exp
-        for (int64_t x = 0; x < g.W; ++x) lse[task * HW + (y + r) * g.W + x] = M[r * l.Wv + x] * vec::kLn2;
+      if (g.d == 8) {  // one channel block: the exponentials go straight into the output sums
+        vec::softmax_output<K, 8, R>(l, ok.data(), L.data(), Vp.data(), y, M.data(), O);
+      } else {
+        for (int r = 0; r < R; ++r) vec::softmax_row(l, K * K, &L[r * ls], &M[r * l.Wv], &inv[r * l.Wv]);
+        channel_blocks(g.d, [&](int64_t dd, auto DB) {
+          vec::weighted_sum<K, decltype(DB)::value, R>(l, ok.data(), L.data(), Vp.data(), inv.data(), y, dd, O);
+        });
       }
-      channel_blocks(g.d, [&](int64_t dd, auto DB) {
-        vec::weighted_sum<K, decltype(DB)::value, R>(l, ok.data(), L.data(), Vp.data(), inv.data(), y, dd, O);
-      });
+      for (int r = 0; r < R; ++r)  // M is now the base-2 log-sum-exp
+        for (int64_t x = 0; x < g.W; ++x) lse[task * HW + (y + r) * g.W + x] = M[r * l.Wv + x] * vec::kLn2;
     });
   }
 }
@@ -122,8 +125,7 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
   std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
   std::vector<float> Kp(keys, 0.0f), Vp(keys, 0.0f), dKp(keys), dVp(keys);
   std::vector<float> L(2 * ls, 0.0f), G(2 * ls, 0.0f), D(2 * l.Wv, 0.0f), S(2 * l.Wv, 0.0f);
-  std::vector<float> QR(2 * rs), QC(2 * rs), GR(2 * rs), GC(2 * rs);
-  std::vector<vec::v8> dRv(2 * g.T * g.d);
+  std::vector<float> QR(2 * rs), QC(2 * rs), GR(l.H * rs), GC(l.H * rs);  // GR, GC: every query row
   const std::vector<float> bias = vec_bias<K>(g, l);
   const std::vector<uint8_t> ok = key_rows_ok(g);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
@@ -135,7 +137,6 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
     vec::to_key_planes(l, qkv + q_off + 2 * C * HW, Vp.data());
     std::fill(dKp.begin(), dKp.end(), 0.0f);
     std::fill(dVp.begin(), dVp.end(), 0.0f);
-    std::fill(dRv.begin(), dRv.end(), vec::v8{});
     const float* Rr = rel_rows + h * g.T * g.d;
     const float* Rc = rel_cols + h * g.T * g.d;
     const float* O = out + o_off;
@@ -153,12 +154,12 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
       }
       vec::dots<K, vec::Epi::kProbs, R>(l, ok.data(), Qq.data(), Kp.data(), QR.data(), QC.data(), bias.data(),
                                         nullptr, y, scale * vec::kLog2e, S.data(), L.data());
-      std::fill(GC.begin(), GC.end(), 0.0f);
+      float *GRy = &GR[y * rs], *GCy = &GC[y * rs];
+      std::fill(GCy, GCy + R * rs, 0.0f);
       vec::dots<K, vec::Epi::kGrad, R>(l, ok.data(), dOq.data(), Vp.data(), nullptr, nullptr, nullptr, L.data(), y,
-                                       scale, D.data(), G.data(), GR.data(), GC.data());
+                                       scale, D.data(), G.data(), GRy, GCy);
       channel_blocks(g.d, [&](int64_t dd, auto DB) {
-        vec::grad_query<K, decltype(DB)::value, R>(l, ok.data(), G.data(), GR.data(), GC.data(), Qq.data(),
-                                                   Kp.data(), Rr, Rc, y, dd, dQ, dRv.data());
+        vec::grad_query<K, decltype(DB)::value, R>(l, ok.data(), G.data(), GRy, GCy, Kp.data(), Rr, Rc, y, dd, dQ);
       });
       for (int r = 0; r < R; ++r) {
         vec::grad_keys_all<K>(l, &G[r * ls], Qq.data(), y + r, dKp.data());
@@ -167,8 +168,9 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
     });
     vec::from_key_planes(l, dKp.data(), gqkv + q_off + C * HW);
     vec::from_key_planes(l, dVp.data(), gqkv + q_off + 2 * C * HW);
-    float* dR = grel_parts + task * 2 * g.T * g.d;
-    for (int64_t i = 0; i < 2 * g.T * g.d; ++i) dR[i] = vec::hsum(dRv[i]);
+    float* dR = grel_parts + task * 2 * g.T * g.d;  // rel_rows, then rel_cols
+    vec::grad_rel<K>(l, GR.data(), Qq.data(), dR);
+    vec::grad_rel<K>(l, GC.data(), Qq.data(), dR + g.T * g.d);
   }
 }
 

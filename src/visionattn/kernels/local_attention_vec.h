@@ -253,18 +253,29 @@ inline void softmax_row(const Layout& l, int64_t slots, float* L, float* M, floa
 // The window sums of query rows y .. y + R - 1 for DB channels from dd0:
 //   acc_r[j](x) = sum_(wy, wx) S_r[wy, wx](x) X(dd0 + j, y + r + wy, x + wx)
 // (S = P and X = v: the output; S = G and X = k: dq), each shifted load of X serving the R query rows.
-template <int K, int DB, int R>
+// kExp: S holds base-2 logits, and the sums take 2^(S - M_r) in their place, adding those up in total[r]
+// (the forward's softmax fused into its output, where one channel block covers the head).
+template <int K, int DB, int R, bool kExp = false>
 void window_sums(const Layout& l, const uint8_t* key_ok, const float* S, const float* X, int64_t y, int64_t dd0,
-                 int64_t x0, v8 (&acc)[R][DB]) {
+                 int64_t x0, v8 (&acc)[R][DB], const float* M = nullptr, v8* total = nullptr) {
   const int64_t ls = slots(l);
   v8 sum[R][DB] = {};  // local, so that the compiler keeps it in registers (acc may alias the loads)
+  v8 m[R], tot[R] = {};
+  if (kExp)
+    for (int r = 0; r < R; ++r) m[r] = ld(M + r * l.Wv + x0);
   for (int64_t kr = 0; kr < K + R - 1; ++kr) {
     if (!key_ok[y + kr]) continue;
     with_rows<K, R>(kr, [&](auto lo_, auto hi_) {
       constexpr int lo = decltype(lo_)::value, hi = decltype(hi_)::value;
       for (int wx = 0; wx < K; ++wx) {
         v8 p[R];
-        for (int r = lo; r <= hi; ++r) p[r] = ld(S + r * ls + ((kr - r) * K + wx) * l.Wq + kLp + x0);
+        for (int r = lo; r <= hi; ++r) {
+          p[r] = ld(S + r * ls + ((kr - r) * K + wx) * l.Wq + kLp + x0);
+          if (kExp) {
+            p[r] = vexp2(p[r] - m[r]);
+            tot[r] += p[r];
+          }
+        }
         for (int j = 0; j < DB; ++j) {
           const float* xp = X + l.krow(dd0 + j, y + kr) + x0 + wx;
           const v8 xv = hi > lo ? ldr(xp) : ld(xp);
@@ -273,8 +284,10 @@ void window_sums(const Layout& l, const uint8_t* key_ok, const float* S, const f
       }
     });
   }
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
     for (int j = 0; j < DB; ++j) acc[r][j] = sum[r][j];
+    if (kExp) total[r] = tot[r];
+  }
 }
 
 // out(dd, y + r, x) = inv_r(x) sum_w P_w(x) v_w(dd, x) for DB channels from dd0.
@@ -291,33 +304,66 @@ void weighted_sum(const Layout& l, const uint8_t* key_ok, const float* P, const 
   }
 }
 
-// dq(dd, y + r, x) = sum_w G_w(x) k_w(dd) + sum_wy GR_wy(x) Rr[wy](dd) + sum_wx GC_wx(x) Rc[wx](dd), and the
-// embeddings' gradients dRr[wy][dd] += GR_wy(x) q(dd, x), dRc[wx][dd] += GC_wx(x) q(dd, x), kept as 8 lanes
-// (dRv: the T x d rows table, then the T x d columns table; summed at the end).
+// The softmax and the output in one pass, for heads of DB channels: out(dd, y + r, x) = sum_w 2^(L_w - M) v_w /
+// sum_w 2^(L_w - M) from the base-2 logits L and their row maxima M; M <- the base-2 log-sum-exp. (Rows of
+// logits outside the softmax are skipped, slots outside it hold -inf, whose 2^ is 0.)
+template <int K, int DB, int R>
+void softmax_output(const Layout& l, const uint8_t* key_ok, const float* L, const float* V, int64_t y, float* M,
+                    float* O) {
+  for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+    v8 acc[R][DB], total[R];
+    window_sums<K, DB, R, true>(l, key_ok, L, V, y, 0, x0, acc, M, total);
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < DB; ++j)
+        store_lanes(O + (j * l.H + y + r) * l.W + x0, acc[r][j] / total[r], l.W - x0);
+      for (int i = 0; i < 8; ++i) M[r * l.Wv + x0 + i] += std::log2(total[r][i]);
+    }
+  }
+}
+
+// dq(dd, y + r, x) = sum_w G_w(x) k_w(dd) + sum_wy GR_wy(x) Rr[wy](dd) + sum_wx GC_wx(x) Rc[wx](dd).
 template <int K, int DB, int R>
 void grad_query(const Layout& l, const uint8_t* key_ok, const float* G, const float* GR, const float* GC,
-                const float* Qq, const float* Kp, const float* Rr, const float* Rc, int64_t y, int64_t dd0, float* dQ,
-                v8* dRv) {
-  v8* dRcv = dRv + l.T * l.d;
+                const float* Kp, const float* Rr, const float* Rc, int64_t y, int64_t dd0, float* dQ) {
   const int64_t rs = rel(l);
   for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
     v8 acc[R][DB];
     window_sums<K, DB, R>(l, key_ok, G, Kp, y, dd0, x0, acc);
     for (int r = 0; r < R; ++r) {
-      v8 q[DB];
-      for (int j = 0; j < DB; ++j) q[j] = ld(Qq + l.qrow(dd0 + j, y + r) + x0);
       for (int t = 0; t < K; ++t) {
         const v8 gr = ld(GR + r * rs + t * l.Wv + x0), gc = ld(GC + r * rs + t * l.Wv + x0);
-        const int64_t ti = t * l.d + dd0;
-        for (int j = 0; j < DB; ++j) {
-          acc[r][j] += gr * bc(Rr[ti + j]) + gc * bc(Rc[ti + j]);
-          dRv[ti + j] += gr * q[j];
-          dRcv[ti + j] += gc * q[j];
-        }
+        for (int j = 0; j < DB; ++j) acc[r][j] += gr * bc(Rr[t * l.d + dd0 + j]) + gc * bc(Rc[t * l.d + dd0 + j]);
       }
       for (int j = 0; j < DB; ++j) store_lanes(dQ + ((dd0 + j) * l.H + y + r) * l.W + x0, acc[r][j], l.W - x0);
     }
   }
+}
+
+// The relative embeddings' gradients of one plane, dR[t][dd] = sum_(y, x) GS_y[t](x) q(dd, y, x), from the
+// window-row (GS = GR: dRr) or window-column (GS = GC: dRc) sums of G kept for every query row
+// (GS: [H][k][Wv]); DB channels from dd0, k x DB accumulators in registers.
+template <int K, int DB>
+void grad_rel_block(const Layout& l, const float* GS, const float* Qq, int64_t dd0, float* dR) {
+  v8 acc[K][DB] = {};
+  for (int64_t y = 0; y < l.H; ++y)
+    for (int64_t x0 = 0; x0 < l.Wv; x0 += 8) {
+      v8 q[DB];
+      for (int j = 0; j < DB; ++j) q[j] = ldr(Qq + l.qrow(dd0 + j, y) + x0);
+      for (int t = 0; t < K; ++t) {
+        const v8 g = ldr(GS + (y * K + t) * l.Wv + x0);
+        for (int j = 0; j < DB; ++j) acc[t][j] += g * q[j];
+      }
+    }
+  for (int t = 0; t < K; ++t)
+    for (int j = 0; j < DB; ++j) dR[t * l.d + dd0 + j] = hsum(acc[t][j]);
+}
+
+template <int K>
+void grad_rel(const Layout& l, const float* GS, const float* Qq, float* dR) {
+  constexpr int kBlock = K <= 7 ? 3 : 2;  // k * DB accumulators, DB operands and one G in 32 registers
+  int64_t dd = 0;
+  for (; dd + kBlock <= l.d; dd += kBlock) grad_rel_block<K, kBlock>(l, GS, Qq, dd, dR);
+  for (; dd < l.d; ++dd) grad_rel_block<K, 1>(l, GS, Qq, dd, dR);
 }
 
 // The key-side gradients of query row y, gathered per key chunk (so that no store overlaps a later load):
