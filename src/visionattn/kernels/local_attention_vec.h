@@ -31,7 +31,9 @@ inline v8 bc(float s) { return v8{s, s, s, s, s, s, s, s}; }
 // multiply-add as a memory operand, loading it again for every product (the empty asm pins it to a register).
 inline v8 ldr(const float* p) {
   v8 v = ld(p);
+#if defined(__x86_64__)
   asm("" : "+v"(v));
+#endif
   return v;
 }
 inline float hsum(v8 v) { float s = 0; for (int i = 0; i < 8; ++i) s += v[i]; return s; }
