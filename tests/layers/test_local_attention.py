@@ -105,11 +105,15 @@ _NAMES = ("output", "grad qkv", "grad rel_rows", "grad rel_cols")
 
 
 @needs_kernel
+@pytest.mark.parametrize("path", ["rows", "lanes"])
 @pytest.mark.parametrize("border", BORDERS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("heads,d,size,k", [(2, 3, (5, 4), 7), (2, 4, (9, 11), 3), (1, 5, (13, 10), 5),
                                             (2, 8, (7, 17), 7), (1, 2, (11, 12), 9), (1, 3, (6, 14), 11)])
-def test_kernel_matches_reference(border, dtype, heads, d, size, k):
+def test_kernel_matches_reference(path, border, dtype, heads, d, size, k, monkeypatch):
+    """Both float paths of the kernel (lanes over pixels of a row, or over 8 planes), forced; float64, "clamp"
+    and k = 11 take the generic path whatever is asked."""
+    monkeypatch.setenv("VISIONATTN_KERNEL_PATH", path)
     inputs = _inputs(2, heads, d, *size, k, border, dtype=dtype)
     got = _grads(lambda a, r, c: local_attention(a, r, c, heads, k, border, 0.6, impl="kernel"), *inputs)
     want = _grads(lambda a, r, c: local_attention(a.double(), r.double(), c.double(), heads, k, border, 0.6,
@@ -179,6 +183,18 @@ def test_flex_on_cuda_matches_reference_with_gradients(border):
     want = _grads(lambda *a: local_attention(*a, heads, k, border, 0.3, impl="reference"), *inputs)
     for name, a, b in zip(_NAMES, got, want):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch,heads,d", [(3, 3, 8), (5, 4, 3)])  # 9 and 20 planes: full and partial groups of 8
+def test_kernel_lanes_path_over_several_groups(batch, heads, d, monkeypatch):
+    monkeypatch.setenv("VISIONATTN_KERNEL_PATH", "lanes")
+    inputs = _inputs(batch, heads, d, 9, 10, 5, "mask", dtype=torch.float32)
+    got = _grads(lambda a, r, c: local_attention(a, r, c, heads, 5, "mask", 0.6, impl="kernel"), *inputs)
+    want = _grads(lambda a, r, c: local_attention(a.double(), r.double(), c.double(), heads, 5, "mask", 0.6,
+                                                  impl="reference"), *inputs)
+    for name, a, b in zip(_NAMES, got, want):
+        torch.testing.assert_close(a.double(), b.double(), rtol=2e-5, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @needs_kernel

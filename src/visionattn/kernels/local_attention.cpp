@@ -25,12 +25,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "local_attention_generic.h"
+#include "local_attention_lanes.h"
 #include "local_attention_vec.h"
 
 namespace {
@@ -174,6 +177,111 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
   }
 }
 
+// ---- the lanes path: 8 (batch, head) planes per task, one in each vector lane; see local_attention_lanes.h ----
+
+// The planes of group `task` (8 planes from 8 * task), as pointers into a (B, n * heads * d, H, W) tensor whose
+// `part`-th block of heads * d channels they index; nullptr past the last plane.
+struct GroupPlanes {
+  const float* in[lanes::kLanes];
+  float* out[lanes::kLanes];
+};
+GroupPlanes group_planes(const Geometry& g, int64_t planes, int64_t task, const float* base, int64_t parts,
+                         int64_t part, float* out_base = nullptr) {
+  GroupPlanes p{};
+  for (int64_t l = 0; l < lanes::kLanes; ++l) {
+    const int64_t plane = task * lanes::kLanes + l;
+    if (plane >= planes) break;
+    const int64_t b = plane / g.heads, h = plane % g.heads;
+    const int64_t off = ((b * parts + part) * g.heads + h) * g.d * g.H * g.W;
+    p.in[l] = base ? base + off : nullptr;
+    p.out[l] = out_base ? out_base + off : nullptr;
+  }
+  return p;
+}
+
+// rows / cols of each lane's head: [T][d] v8.
+void pack_rel(const Geometry& g, int64_t planes, int64_t task, const float* rel, lanes::v8* dst) {
+  std::fill(dst, dst + g.T * g.d, lanes::v8{});
+  for (int64_t l = 0; l < lanes::kLanes && task * lanes::kLanes + l < planes; ++l) {
+    const int64_t h = (task * lanes::kLanes + l) % g.heads;
+    for (int64_t i = 0; i < g.T * g.d; ++i) dst[i][l] = rel[h * g.T * g.d + i];
+  }
+}
+
+std::vector<float> lanes_bias(const Geometry& g) {  // [W][k]: -inf for window columns outside the softmax
+  std::vector<float> bias(g.W * g.k);
+  for (int64_t i = 0; i < g.W * g.k; ++i) bias[i] = g.cols.ok[i] ? 0.0f : -std::numeric_limits<float>::infinity();
+  return bias;
+}
+
+template <int K>
+void forward_groups(const Geometry& g, int64_t planes, const float* qkv, const float* rel_rows,
+                    const float* rel_cols, float scale, float* out, float* lse, TaskQueue& tasks) {
+  const lanes::Group gr(g.H, g.W, K, g.d);
+  const int64_t HW = g.H * g.W;
+  std::vector<lanes::v8> Q(HW * g.d), Kp(gr.Hp * gr.Wp * g.d), Vp(gr.Hp * gr.Wp * g.d), O(HW * g.d), S(HW);
+  std::vector<lanes::v8> rows(g.T * g.d), cols(g.T * g.d);
+  const std::vector<float> bias = lanes_bias(g);
+  for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
+    lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 0).in, false, Q.data());
+    lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 1).in, true, Kp.data());
+    lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 2).in, true, Vp.data());
+    pack_rel(g, planes, task, rel_rows, rows.data());
+    pack_rel(g, planes, task, rel_cols, cols.data());
+    lanes::forward<K>(gr, g.border == kZero, Q.data(), Kp.data(), Vp.data(), rows.data(), cols.data(),
+                      bias.data(), scale, O.data(), S.data());
+    lanes::unpack(gr, O.data(), false, group_planes(g, planes, task, nullptr, 1, 0, out).out);
+    for (int64_t l = 0; l < lanes::kLanes && task * lanes::kLanes + l < planes; ++l)
+      for (int64_t i = 0; i < HW; ++i) lse[(task * lanes::kLanes + l) * HW + i] = S[i][l];
+  }
+}
+
+template <int K>
+void backward_groups(const Geometry& g, int64_t planes, const float* qkv, const float* rel_rows,
+                     const float* rel_cols, const float* out, const float* lse, const float* gout, float scale,
+                     float* gqkv, float* grel_parts, TaskQueue& tasks) {
+  const lanes::Group gr(g.H, g.W, K, g.d);
+  const int64_t HW = g.H * g.W, keys = gr.Hp * gr.Wp * g.d;
+  std::vector<lanes::v8> Q(HW * g.d), dO(HW * g.d), dQ(HW * g.d), Kp(keys), Vp(keys), dK(keys), dV(keys);
+  std::vector<lanes::v8> S(HW), D(HW), rows(g.T * g.d), cols(g.T * g.d), dR(2 * g.T * g.d);
+  std::vector<lanes::v8> Prow(g.W * K * K), Grow(g.W * K * K);
+  std::vector<float> Dl(HW);  // dO . O of one plane
+  const std::vector<float> bias = lanes_bias(g);
+  for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
+    if ((task + 1) * lanes::kLanes > planes)  // a partial group: its empty lanes compute on zeros
+      for (auto* buf : {&S, &D}) std::fill(buf->begin(), buf->end(), lanes::v8{});
+    lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 0).in, false, Q.data());
+    lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 1).in, true, Kp.data());
+    lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 2).in, true, Vp.data());
+    lanes::pack(gr, group_planes(g, planes, task, gout, 1, 0).in, false, dO.data());
+    pack_rel(g, planes, task, rel_rows, rows.data());
+    pack_rel(g, planes, task, rel_cols, cols.data());
+    for (int64_t l = 0; l < lanes::kLanes && task * lanes::kLanes + l < planes; ++l) {
+      const int64_t plane = task * lanes::kLanes + l;
+      const float *o = out + plane * g.d * HW, *go = gout + plane * g.d * HW;
+      std::fill(Dl.begin(), Dl.end(), 0.0f);
+      for (int64_t dd = 0; dd < g.d; ++dd)
+        for (int64_t i = 0; i < HW; ++i) Dl[i] += o[dd * HW + i] * go[dd * HW + i];
+      for (int64_t i = 0; i < HW; ++i) {
+        D[i][l] = Dl[i];
+        S[i][l] = lse[plane * HW + i];
+      }
+    }
+    std::fill(dK.begin(), dK.end(), lanes::v8{});
+    std::fill(dV.begin(), dV.end(), lanes::v8{});
+    std::fill(dR.begin(), dR.end(), lanes::v8{});
+    lanes::backward<K>(gr, g.border == kZero, Q.data(), Kp.data(), Vp.data(), rows.data(), cols.data(),
+                       bias.data(), dO.data(), D.data(), S.data(), scale, dQ.data(), dK.data(), dV.data(),
+                       dR.data(), Prow.data(), Grow.data());
+    lanes::unpack(gr, dQ.data(), false, group_planes(g, planes, task, nullptr, 3, 0, gqkv).out);
+    lanes::unpack(gr, dK.data(), true, group_planes(g, planes, task, nullptr, 3, 1, gqkv).out);
+    lanes::unpack(gr, dV.data(), true, group_planes(g, planes, task, nullptr, 3, 2, gqkv).out);
+    for (int64_t l = 0; l < lanes::kLanes && task * lanes::kLanes + l < planes; ++l)
+      for (int64_t i = 0; i < 2 * g.T * g.d; ++i)
+        grel_parts[(task * lanes::kLanes + l) * 2 * g.T * g.d + i] = dR[i][l];
+  }
+}
+
 // Runs f(std::integral_constant<int, K>) for the vectorised window sizes; false if k is not one of them.
 template <typename F>
 bool with_vec_kernel(const Geometry& g, F f) {
@@ -185,6 +293,50 @@ bool with_vec_kernel(const Geometry& g, F f) {
     case 9: f(std::integral_constant<int, 9>()); return true;
     default: return false;
   }
+}
+
+int64_t lane_groups(int64_t planes) { return (planes + lanes::kLanes - 1) / lanes::kLanes; }
+
+// The lanes path where its window sizes apply (as the row path's) and there are enough groups of 8 planes to
+// keep every thread busy. (VISIONATTN_KERNEL_PATH=rows or lanes forces one, for comparisons.)
+bool use_lanes(const Geometry& g, int64_t planes) {
+  const bool windows = g.regular && (g.k == 3 || g.k == 5 || g.k == 7 || g.k == 9);
+  const char* force = std::getenv("VISIONATTN_KERNEL_PATH");
+  if (force && std::string(force) == "rows") return false;
+  if (force && std::string(force) == "lanes") return windows;
+  return windows && lane_groups(planes) >= at::get_num_threads();
+}
+
+// The lanes path for float tensors where use_lanes says so; false where it does not run.
+template <typename T>
+bool forward_lanes(const Geometry& g, int64_t planes, const T* qkv, const T* rr, const T* rc, double scale, T* out,
+                   T* lse) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!use_lanes(g, planes)) return false;
+    parallel_planes(lane_groups(planes), [&](TaskQueue& tasks) {
+      with_vec_kernel(g, [&](auto K) {
+        forward_groups<decltype(K)::value>(g, planes, qkv, rr, rc, static_cast<float>(scale), out, lse, tasks);
+      });
+    });
+    return true;
+  }
+  return false;
+}
+
+template <typename T>
+bool backward_lanes(const Geometry& g, int64_t planes, const T* qkv, const T* rr, const T* rc, const T* out,
+                    const T* lse, const T* gout, double scale, T* gqkv, T* parts) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!use_lanes(g, planes)) return false;
+    parallel_planes(lane_groups(planes), [&](TaskQueue& tasks) {
+      with_vec_kernel(g, [&](auto K) {
+        backward_groups<decltype(K)::value>(g, planes, qkv, rr, rc, out, lse, gout, static_cast<float>(scale), gqkv,
+                                            parts, tasks);
+      });
+    });
+    return true;
+  }
+  return false;
 }
 
 Geometry checked_geometry(const torch::Tensor& qkv, const torch::Tensor& rel_rows, const torch::Tensor& rel_cols,
@@ -217,7 +369,9 @@ std::vector<torch::Tensor> local_attention_forward(torch::Tensor qkv, torch::Ten
     const scalar_t* rc = rel_cols.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* s = lse.data_ptr<scalar_t>();
-    parallel_planes(B * heads, [&](TaskQueue& tasks) {
+    const int64_t planes = B * heads;
+    if (forward_lanes(g, planes, q, rr, rc, scale, o, s)) return;
+    parallel_planes(planes, [&](TaskQueue& tasks) {
       if constexpr (std::is_same_v<scalar_t, float>) {
         const bool done = with_vec_kernel(g, [&](auto K) {
           forward_planes_vec<decltype(K)::value>(g, q, rr, rc, static_cast<float>(scale), o, s, tasks);
@@ -245,7 +399,12 @@ std::vector<torch::Tensor> local_attention_backward(torch::Tensor grad_out, torc
   AT_DISPATCH_FLOATING_TYPES(qkv.scalar_type(), "local_attention_backward", [&] {
     const scalar_t* rr = rel_rows.data_ptr<scalar_t>();
     const scalar_t* rc = rel_cols.data_ptr<scalar_t>();
-    parallel_planes(B * heads, [&](TaskQueue& tasks) {
+    const int64_t planes = B * heads;
+    if (backward_lanes(g, planes, qkv.data_ptr<scalar_t>(), rr, rc, out.data_ptr<scalar_t>(),
+                       lse.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), scale, gqkv.data_ptr<scalar_t>(),
+                       parts.data_ptr<scalar_t>()))
+      return;
+    parallel_planes(planes, [&](TaskQueue& tasks) {
       if constexpr (std::is_same_v<scalar_t, float>) {
         const bool done = with_vec_kernel(g, [&](auto K) {
           backward_planes_vec<decltype(K)::value>(g, qkv.data_ptr<float>(), rr, rc, out.data_ptr<float>(),
