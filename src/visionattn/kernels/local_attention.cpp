@@ -17,6 +17,11 @@
 // borders need no branches ("zero" reads the zeros, "mask" adds -inf to the outside logits) and the backward
 // scatters its key/value gradients without races. "clamp" (neighbourhood attention) moves the window at the
 // border, so its key column depends on x: that case goes through per-axis index tables (a gather).
+//
+// Three paths: float "mask" / "zero" with k in {3, 5, 7, 9} take the lanes path (local_attention_lanes.h: a task
+// is 8 planes, one per vector lane, every load aligned) where there are at least as many groups of 8 planes as
+// threads, else the row path (local_attention_vec.h: a task is one plane, lanes over the pixels of a row);
+// everything else (double, "clamp", other k) the generic path (local_attention_generic.h).
 
 #include <torch/extension.h>
 
