@@ -302,14 +302,17 @@ bool with_vec_kernel(const Geometry& g, F f) {
 
 int64_t lane_groups(int64_t planes) { return (planes + lanes::kLanes - 1) / lanes::kLanes; }
 
-// The lanes path where its window sizes apply (as the row path's) and there are enough groups of 8 planes to
-// keep every thread busy. (VISIONATTN_KERNEL_PATH=rows or lanes forces one, for comparisons.)
+// The lanes path where its window sizes apply (as the row path's), on maps of at least 4k x 4k, and with at
+// least two groups of 8 planes per thread. Its scratch is 8 planes per thread (the row path's one), padded by
+// k - 1 on each axis: on small maps the padding dominates, and with fewer groups than that the threads would
+// hold most of the batch at once; there (and where it measured barely faster: 14 x 14 and 7 x 7) the row path
+// runs. VISIONATTN_KERNEL_PATH=rows or lanes forces one, for comparisons and tests.
 bool use_lanes(const Geometry& g, int64_t planes) {
   const bool windows = g.regular && (g.k == 3 || g.k == 5 || g.k == 7 || g.k == 9);
   const char* force = std::getenv("VISIONATTN_KERNEL_PATH");
   if (force && std::string(force) == "rows") return false;
   if (force && std::string(force) == "lanes") return windows;
-  return windows && lane_groups(planes) >= at::get_num_threads();
+  return windows && std::min(g.H, g.W) >= 4 * g.k && lane_groups(planes) >= 2 * at::get_num_threads();
 }
 
 // The lanes path for float tensors where use_lanes says so; false where it does not run.
