@@ -1,8 +1,8 @@
 // The vectorised float path of local_attention.cpp with the 8 vector lanes over 8 (batch, head) planes: every
 // plane has the same windows and borders, so each lane computes the same thing for its own plane, and every
 // key, value and window slot is a whole vector at an aligned address. (Lanes over the pixels of a row, as in
-// local_attention_vec.h, need the key row shifted by each window column: misaligned loads, which cost this
-// machine's cores twice an aligned one.) "mask" and "zero" borders, k in {3, 5, 7, 9}, any head width d.
+// local_attention_vec.h, need the key row shifted by each window column: misaligned loads, which bound that
+// path.) "mask" and "zero" borders, k in {3, 5, 7, 9}, any head width d.
 //
 // Layouts per group of 8 planes, v8 elements, lane l = plane p0 + l (zeros for lanes past the last plane):
 //   Q, dO, O-side outputs  [H][W][d]
