@@ -11,24 +11,28 @@ one run:
 - forward + backward at least 20x faster than the ``unfold`` version (the speed-up over the gather
   reference is printed beside it);
 - forward + backward no slower than the 3x3 convolution (ratio <= 1.0);
-- peak memory over forward + backward at most 8x the input tensor.
+- peak memory over forward + backward at most 8x the input tensor: for the kernel, the tensors' peak
+  (profiler) plus the kernel's own scratch peak (its buffers count their bytes; the sum is an upper bound).
+
+``--paths`` also times the layer with each of the kernel's two float paths forced (``VISIONATTN_KERNEL_PATH``).
 
 Achieved GFLOP/s (``torch.utils.flop_counter``, with the kernel's registered formulas) print beside
 ``torch.mm``'s on a 1024^3 product. Timings are medians; on a shared machine compare the ratios, not the ms.
 
-    python benchmarks/local_attention.py [--reps 5] [--shapes 64x56 128x28] [--threads 2] [--breakdown]
+    python benchmarks/local_attention.py [--reps 5] [--shapes 64x56 128x28] [--threads 2] [--breakdown] [--paths]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from visionattn.bench import median_ms, peak_memory_bytes
-from visionattn.kernels.local_attention import BORDER_CODES, kernel_available
+from visionattn.kernels.local_attention import BORDER_CODES, kernel_available, kernel_scratch_peak_bytes
 from visionattn.layers.local_attention import LocalSelfAttention2d, _project
 from visionattn.layers.local_attention_ref import local_attention_unfold
 
@@ -56,7 +60,10 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def measure(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, reps: int, memory: bool = True) -> dict:
+def measure(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, reps: int, memory: bool = True,
+            scratch: bool = False) -> dict:
+    """Times (ms), GFLOP/s and peak memory over forward + backward as a multiple of the input; ``scratch``
+    adds the C++ kernel's scratch peak to the profiler's."""
     def forward() -> None:
         with torch.no_grad():
             module(x)
@@ -68,7 +75,12 @@ def measure(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, reps: int, m
 
     row = {"fwd_ms": median_ms(forward, CPU, 1, reps), "train_ms": median_ms(train, CPU, 1, reps)}
     row["train_gflops"] = flops(train) / row["train_ms"] / 1e6
-    row["peak_x"] = peak_memory_bytes(train, CPU) / (x.numel() * x.element_size()) if memory else float("nan")
+    if memory:
+        kernel_scratch_peak_bytes(reset=True)
+        peak = peak_memory_bytes(train, CPU) + (kernel_scratch_peak_bytes() if scratch else 0)
+        row["peak_x"] = peak / (x.numel() * x.element_size())
+    else:
+        row["peak_x"] = float("nan")
     return row
 
 
@@ -94,6 +106,33 @@ def breakdown(layer: LocalSelfAttention2d, x: torch.Tensor, reps: int) -> dict:
             "projection_ms": median_ms(project, CPU, 1, reps)}
 
 
+def compare_paths(shape: str, batch: int, reps: int) -> dict:
+    """The layer's forward + backward with each float path of the kernel forced, interleaved three times
+    (the median of the three medians)."""
+    c, s = (int(v) for v in shape.split("x"))
+    layer = LocalSelfAttention2d(c, c, kernel_size=7, heads=8, impl="kernel")
+    x, grad = torch.randn(batch, c, s, s, requires_grad=True), torch.randn(batch, c, s, s)
+
+    def train() -> None:
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        layer(x).backward(grad)
+
+    times = {"rows": [], "lanes": []}
+    before = os.environ.get("VISIONATTN_KERNEL_PATH")
+    try:
+        for _ in range(3):
+            for path in times:
+                os.environ["VISIONATTN_KERNEL_PATH"] = path
+                times[path].append(median_ms(train, CPU, 1, reps))
+    finally:
+        if before is None:
+            os.environ.pop("VISIONATTN_KERNEL_PATH", None)
+        else:
+            os.environ["VISIONATTN_KERNEL_PATH"] = before
+    return {path: sorted(t)[1] for path, t in times.items()}
+
+
 def mm_gflops(reps: int) -> float:
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     return 2 * 1024**3 / median_ms(lambda: torch.mm(a, b), CPU, 2, reps) / 1e6
@@ -108,6 +147,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--breakdown", action="store_true", help="also time the kernel's forward and backward "
                         "ops alone and the projection's forward + backward")
+    parser.add_argument("--paths", action="store_true", help="also time the layer with the kernel's row path and "
+                        "its lanes path forced")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,7 +172,7 @@ def main() -> None:
         conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
         # the kernel and the convolution first: after the references' gigabyte of temporaries the allocator's
         # state made the convolution up to 1.8x slower in some runs
-        k = measure(fast, x, grad, args.reps)
+        k = measure(fast, x, grad, args.reps, scratch=True)
         v = measure(conv, x, grad, args.reps, memory=False)
         u = measure(UnfoldSASA(ref), x, grad, args.ref_reps)
         r = measure(ref, x, grad, args.ref_reps)
@@ -148,6 +189,12 @@ def main() -> None:
             layer = LocalSelfAttention2d(c, c, kernel_size=7, heads=8, impl="kernel")
             b = breakdown(layer, torch.randn(args.batch, c, s, s), args.reps)
             print(f"| {shape}x{s} | {b['kernel_fwd_ms']:.1f} | {b['kernel_bwd_ms']:.1f} | {b['projection_ms']:.1f} |",
+                  flush=True)
+    if args.paths:
+        print("\n| shape | layer fwd+bwd ms, row path | lanes path | rows / lanes |\n|---|---|---|---|")
+        for shape in args.shapes:
+            times = compare_paths(shape, args.batch, args.reps)
+            print(f"| {shape} | {times['rows']:.1f} | {times['lanes']:.1f} | {times['rows'] / times['lanes']:.2f} |",
                   flush=True)
     print()
     for shape, fast_enough, conv_speed, memory in met:

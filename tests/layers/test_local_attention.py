@@ -11,7 +11,7 @@ import torch
 import visionattn.kernels.flex_local_attention as flex
 import visionattn.layers.local_attention as la
 from visionattn.complexity import count_macs
-from visionattn.kernels.local_attention import _fwd, kernel_available
+from visionattn.kernels.local_attention import _fwd, kernel_available, kernel_scratch_peak_bytes
 from visionattn.layers.local_attention import LocalSelfAttention2d, local_attention
 from visionattn.layers.local_attention_ref import (
     BORDERS,
@@ -195,6 +195,19 @@ def test_kernel_lanes_path_over_several_groups(batch, heads, d, monkeypatch):
                                                   impl="reference"), *inputs)
     for name, a, b in zip(_NAMES, got, want):
         torch.testing.assert_close(a.double(), b.double(), rtol=2e-5, atol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@needs_kernel
+def test_kernel_counts_its_scratch(monkeypatch):
+    """The row path's forward holds at least its padded key and value planes: d x (H + k - 1) x 16 floats each
+    for W = 6, k = 3 (rows rounded up to 8 lanes plus the window, then to 8 again)."""
+    monkeypatch.setenv("VISIONATTN_KERNEL_PATH", "rows")
+    qkv, rows, cols = _inputs(1, 1, 4, 5, 6, 3, "mask", dtype=torch.float32)
+    kernel_scratch_peak_bytes(reset=True)
+    assert kernel_scratch_peak_bytes(reset=True) == 0  # nothing held between calls
+    local_attention(qkv, rows, cols, 1, 3, impl="kernel")
+    assert kernel_scratch_peak_bytes(reset=True) >= 2 * 4 * 7 * 16 * 4
+    assert kernel_scratch_peak_bytes() == 0
 
 
 @needs_kernel

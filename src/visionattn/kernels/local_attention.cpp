@@ -47,15 +47,6 @@ using namespace lattn;
 
 // ---- the vectorised float path ("mask" / "zero", k in {3, 5, 7, 9}); see local_attention_vec.h ----
 
-template <int K>
-std::vector<float> vec_bias(const Geometry& g, const vec::Layout& l) {
-  std::vector<float> bias(K * l.Wv, 0.0f);
-  for (int64_t wx = 0; wx < K; ++wx)
-    for (int64_t x = 0; x < g.W; ++x)
-      if (!g.cols.ok[x * K + wx]) bias[wx * l.Wv + x] = -std::numeric_limits<float>::infinity();
-  return bias;
-}
-
 // Padded key rows that take part in the softmax: all for "zero", those inside the image for "mask".
 std::vector<uint8_t> key_rows_ok(const Geometry& g) {
   std::vector<uint8_t> ok(g.Hp, 0);
@@ -90,9 +81,9 @@ void forward_planes_vec(const Geometry& g, const float* qkv, const float* rel_ro
                         float scale, float* out, float* lse, TaskQueue& tasks) {
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
   const int64_t HW = g.H * g.W, C = g.heads * g.d, ls = vec::slots(l), rs = vec::rel(l);
-  std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), Kp(l.d * l.Hp * l.Wk, 0.0f), Vp(l.d * l.Hp * l.Wk, 0.0f);
-  std::vector<float> L(2 * ls, 0.0f), M(2 * l.Wv), inv(2 * l.Wv), QR(2 * rs), QC(2 * rs);
-  const std::vector<float> bias = vec_bias<K>(g, l);
+  Scratch<float> Qq(l.d * l.H * l.Wq, 0.0f), Kp(l.d * l.Hp * l.Wk, 0.0f), Vp(l.d * l.Hp * l.Wk, 0.0f);
+  Scratch<float> L(2 * ls, 0.0f), M(2 * l.Wv), inv(2 * l.Wv), QR(2 * rs), QC(2 * rs);
+  const std::vector<float> bias = column_bias<float>(g, 1, l.Wv, K * l.Wv);
   const std::vector<uint8_t> ok = key_rows_ok(g);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
@@ -130,11 +121,11 @@ void backward_planes_vec(const Geometry& g, const float* qkv, const float* rel_r
   const vec::Layout l(g.H, g.W, K, g.T, g.d);
   const int64_t HW = g.H * g.W, C = g.heads * g.d, keys = l.d * l.Hp * l.Wk, ls = vec::slots(l),
                 rs = vec::rel(l);
-  std::vector<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
-  std::vector<float> Kp(keys, 0.0f), Vp(keys, 0.0f), dKp(keys), dVp(keys);
-  std::vector<float> L(2 * ls, 0.0f), G(2 * ls, 0.0f), D(2 * l.Wv, 0.0f), S(2 * l.Wv, 0.0f);
-  std::vector<float> QR(2 * rs), QC(2 * rs), GR(l.H * rs), GC(l.H * rs);  // GR, GC: every query row
-  const std::vector<float> bias = vec_bias<K>(g, l);
+  Scratch<float> Qq(l.d * l.H * l.Wq, 0.0f), dOq(l.d * l.H * l.Wq, 0.0f);
+  Scratch<float> Kp(keys, 0.0f), Vp(keys, 0.0f), dKp(keys), dVp(keys);
+  Scratch<float> L(2 * ls, 0.0f), G(2 * ls, 0.0f), D(2 * l.Wv, 0.0f), S(2 * l.Wv, 0.0f);
+  Scratch<float> QR(2 * rs), QC(2 * rs), GR(l.H * rs), GC(l.H * rs);  // GR, GC: every query row
+  const std::vector<float> bias = column_bias<float>(g, 1, l.Wv, K * l.Wv);
   const std::vector<uint8_t> ok = key_rows_ok(g);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
@@ -213,20 +204,14 @@ void pack_rel(const Geometry& g, int64_t planes, int64_t task, const float* rel,
   }
 }
 
-std::vector<float> lanes_bias(const Geometry& g) {  // [W][k]: -inf for window columns outside the softmax
-  std::vector<float> bias(g.W * g.k);
-  for (int64_t i = 0; i < g.W * g.k; ++i) bias[i] = g.cols.ok[i] ? 0.0f : -std::numeric_limits<float>::infinity();
-  return bias;
-}
-
 template <int K>
 void forward_groups(const Geometry& g, int64_t planes, const float* qkv, const float* rel_rows,
                     const float* rel_cols, float scale, float* out, float* lse, TaskQueue& tasks) {
   const lanes::Group gr(g.H, g.W, K, g.d);
   const int64_t HW = g.H * g.W;
-  std::vector<lanes::v8> Q(HW * g.d), Kp(gr.Hp * gr.Wp * g.d), Vp(gr.Hp * gr.Wp * g.d), O(HW * g.d), S(HW);
-  std::vector<lanes::v8> rows(g.T * g.d), cols(g.T * g.d);
-  const std::vector<float> bias = lanes_bias(g);
+  Scratch<lanes::v8> Q(HW * g.d), Kp(gr.Hp * gr.Wp * g.d), Vp(gr.Hp * gr.Wp * g.d), O(HW * g.d), S(HW);
+  Scratch<lanes::v8> rows(g.T * g.d), cols(g.T * g.d);
+  const std::vector<float> bias = column_bias<float>(g, g.k, 1, g.W * g.k);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 0).in, false, Q.data());
     lanes::pack(gr, group_planes(g, planes, task, qkv, 3, 1).in, true, Kp.data());
@@ -247,11 +232,11 @@ void backward_groups(const Geometry& g, int64_t planes, const float* qkv, const 
                      float* gqkv, float* grel_parts, TaskQueue& tasks) {
   const lanes::Group gr(g.H, g.W, K, g.d);
   const int64_t HW = g.H * g.W, keys = gr.Hp * gr.Wp * g.d;
-  std::vector<lanes::v8> Q(HW * g.d), dO(HW * g.d), dQ(HW * g.d), Kp(keys), Vp(keys), dK(keys), dV(keys);
-  std::vector<lanes::v8> S(HW), D(HW), rows(g.T * g.d), cols(g.T * g.d), dR(2 * g.T * g.d);
-  std::vector<lanes::v8> Prow(g.W * K * K), Grow(g.W * K * K);
-  std::vector<float> Dl(HW);  // dO . O of one plane
-  const std::vector<float> bias = lanes_bias(g);
+  Scratch<lanes::v8> Q(HW * g.d), dO(HW * g.d), dQ(HW * g.d), Kp(keys), Vp(keys), dK(keys), dV(keys);
+  Scratch<lanes::v8> S(HW), D(HW), rows(g.T * g.d), cols(g.T * g.d), dR(2 * g.T * g.d);
+  Scratch<lanes::v8> Prow(g.W * K * K), Grow(g.W * K * K);
+  Scratch<float> Dl(HW);  // dO . O of one plane
+  const std::vector<float> bias = column_bias<float>(g, g.k, 1, g.W * g.k);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     if ((task + 1) * lanes::kLanes > planes)  // a partial group: its empty lanes compute on zeros
       for (auto* buf : {&S, &D}) std::fill(buf->begin(), buf->end(), lanes::v8{});
@@ -308,7 +293,7 @@ int64_t lane_groups(int64_t planes) { return (planes + lanes::kLanes - 1) / lane
 // hold most of the batch at once; there (and where it measured barely faster: 14 x 14 and 7 x 7) the row path
 // runs. VISIONATTN_KERNEL_PATH=rows or lanes forces one, for comparisons and tests.
 bool use_lanes(const Geometry& g, int64_t planes) {
-  const bool windows = g.regular && (g.k == 3 || g.k == 5 || g.k == 7 || g.k == 9);
+  const bool windows = with_vec_kernel(g, [](auto) {});  // the window sizes both vectorised paths take
   const char* force = std::getenv("VISIONATTN_KERNEL_PATH");
   if (force && std::string(force) == "rows") return false;
   if (force && std::string(force) == "lanes") return windows;
@@ -435,6 +420,12 @@ std::vector<torch::Tensor> local_attention_backward(torch::Tensor grad_out, torc
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("scratch_peak_bytes", [](bool reset) {
+    ScratchStats& s = scratch_stats();
+    const int64_t peak = s.peak.load();
+    if (reset) s.peak = s.now.load();
+    return peak;
+  }, "the most bytes of kernel scratch held at once since the last reset; reset=True starts a new count");
   m.def("forward", &local_attention_forward, "fused local attention forward: (out, lse)");
   m.def("backward", &local_attention_backward,
         "fused local attention backward: (grad_qkv, grad_rel_rows, grad_rel_cols)");

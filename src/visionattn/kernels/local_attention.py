@@ -17,7 +17,8 @@ from torch.utils.flop_counter import register_flop_formula
 
 from visionattn.kernels.build import load_kernel
 
-__all__ = ["BORDER_CODES", "kernel_available", "fused_local_attention", "local_attention_macs"]
+__all__ = ["BORDER_CODES", "kernel_available", "fused_local_attention", "local_attention_macs",
+           "kernel_scratch_peak_bytes"]
 
 BORDER_CODES = {"mask": 0, "zero": 1, "clamp": 2}
 
@@ -37,6 +38,13 @@ def _ext():
     if ext is None:
         raise RuntimeError("the local attention kernel is not available here; use the reference implementation")
     return ext
+
+
+def kernel_scratch_peak_bytes(reset: bool = False) -> int:
+    """The most bytes of working memory the kernel held at once (all threads) since the last reset: buffers
+    freed before its ops return, which the profiler's per-op memory does not show. ``reset=True`` starts a new
+    count after reading this one."""
+    return _ext().scratch_peak_bytes(reset)
 
 
 @torch.library.custom_op("visionattn::local_attention_fwd", mutates_args=(), device_types="cpu")

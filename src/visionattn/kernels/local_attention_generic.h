@@ -20,6 +20,41 @@ namespace lattn {
 
 enum Border : int64_t { kMask = 0, kZero = 1, kClamp = 2 };
 
+// The kernels' scratch buffers count their bytes, now and at most since the last reset (all threads), so
+// that a benchmark can add the working memory freed before an op returns to the tensors' peak.
+struct ScratchStats {
+  std::atomic<int64_t> now{0}, peak{0};
+};
+inline ScratchStats& scratch_stats() {
+  static ScratchStats stats;
+  return stats;
+}
+
+template <typename T>
+struct CountingAllocator {
+  using value_type = T;
+  CountingAllocator() = default;
+  template <typename U>
+  CountingAllocator(const CountingAllocator<U>&) {}
+  T* allocate(size_t n) {
+    ScratchStats& s = scratch_stats();
+    const int64_t now = s.now.fetch_add(n * sizeof(T)) + n * sizeof(T);
+    for (int64_t peak = s.peak.load(); now > peak && !s.peak.compare_exchange_weak(peak, now);) {
+    }
+    return std::allocator<T>().allocate(n);
+  }
+  void deallocate(T* p, size_t n) {
+    scratch_stats().now.fetch_sub(n * sizeof(T));
+    std::allocator<T>().deallocate(p, n);
+  }
+  template <typename U>
+  bool operator==(const CountingAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const CountingAllocator<U>&) const { return false; }
+};
+template <typename T>
+using Scratch = std::vector<T, CountingAllocator<T>>;
+
 // The (batch, head) planes still to do, handed out one at a time: at::parallel_for splits its range evenly
 // between the threads up front, so on a shared machine one slowed-down thread would hold everyone up.
 class TaskQueue {
@@ -84,13 +119,14 @@ struct Geometry {
   std::vector<int32_t> col_rel;  // [wx * W + x]
 };
 
+// The logits' column mask: bias[x * x_stride + wx * w_stride] is 0 where window column wx of query column x
+// takes part in the softmax and -inf where it does not; `size` entries, the rest (padding lanes) 0.
 template <typename T>
-std::vector<T> column_bias(const Geometry& g) {
-  // [wx * W + x]: 0 where the slot takes part in the softmax, -inf where it does not
-  std::vector<T> bias(g.k * g.W);
-  for (int64_t wx = 0; wx < g.k; ++wx)
-    for (int64_t x = 0; x < g.W; ++x)
-      bias[wx * g.W + x] = g.cols.ok[x * g.k + wx] ? T(0) : -std::numeric_limits<T>::infinity();
+std::vector<T> column_bias(const Geometry& g, int64_t x_stride, int64_t w_stride, int64_t size) {
+  std::vector<T> bias(size, T(0));
+  for (int64_t x = 0; x < g.W; ++x)
+    for (int64_t wx = 0; wx < g.k; ++wx)
+      if (!g.cols.ok[x * g.k + wx]) bias[x * x_stride + wx * w_stride] = -std::numeric_limits<T>::infinity();
   return bias;
 }
 
@@ -113,10 +149,10 @@ Geometry make_geometry(int64_t H, int64_t W, int64_t k, int64_t d, int64_t heads
   return g;
 }
 
-// exp of a contiguous run, 8 lanes at a time (vec::vexp), the tail with std::exp.
+// exp of a contiguous run, 8 lanes at a time (as 2^(x log2 e), vec::vexp2), the tail with std::exp.
 inline void exp_inplace(float* v, int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) vec::st(v + i, vec::vexp(vec::ld(v + i)));
+  for (; i + 8 <= n; i += 8) vec::st(v + i, vec::vexp2(vec::ld(v + i) * vec::kLog2e));
   for (; i < n; ++i) v[i] = std::exp(v[i]);
 }
 
@@ -249,8 +285,8 @@ template <typename T>
 void forward_planes(const Geometry& g, const T* qkv, const T* rel_rows, const T* rel_cols, T scale, T* out, T* lse,
                     TaskQueue& tasks) {
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = g.k * g.k;
-  std::vector<T> Kp(g.d * g.Hp * g.Wp), Vp(g.d * g.Hp * g.Wp), L(slots * g.W), m(g.W), s(g.W);
-  const std::vector<T> bias = column_bias<T>(g);
+  Scratch<T> Kp(g.d * g.Hp * g.Wp), Vp(g.d * g.Hp * g.Wp), L(slots * g.W), m(g.W), s(g.W);
+  const std::vector<T> bias = column_bias<T>(g, 1, g.W, g.k * g.W);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const T* Q = qkv + (b * 3 * C + h * g.d) * HW;
@@ -356,8 +392,8 @@ template <typename T>
 void backward_planes(const Geometry& g, const T* qkv, const T* rel_rows, const T* rel_cols, const T* out,
                      const T* lse, const T* gout, T scale, T* gqkv, T* grel_parts, TaskQueue& tasks) {
   const int64_t HW = g.H * g.W, C = g.heads * g.d, slots = g.k * g.k, padded = g.d * g.Hp * g.Wp;
-  std::vector<T> Kp(padded), Vp(padded), dKp(padded), dVp(padded), L(slots * g.W), G(slots * g.W), D(g.W);
-  const std::vector<T> bias = column_bias<T>(g);
+  Scratch<T> Kp(padded), Vp(padded), dKp(padded), dVp(padded), L(slots * g.W), G(slots * g.W), D(g.W);
+  const std::vector<T> bias = column_bias<T>(g, 1, g.W, g.k * g.W);
   for (int64_t task = tasks.next(); task >= 0; task = tasks.next()) {
     const int64_t b = task / g.heads, h = task % g.heads;
     const int64_t q_off = (b * 3 * C + h * g.d) * HW, o_off = (b * C + h * g.d) * HW;

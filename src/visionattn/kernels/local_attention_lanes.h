@@ -17,6 +17,7 @@
 #include <limits>
 #include <vector>
 
+#include "local_attention_generic.h"
 #include "local_attention_vec.h"
 
 namespace lanes {
@@ -216,7 +217,7 @@ void backward(const Group& g, bool zero, const v8* Q, const v8* Kp, const v8* Vp
               v8* dR, v8* Prow, v8* Grow) {
   const float scale2 = scale * vec::kLog2e;
   v8 qr[K], qc[K], GR[K], GC[K];
-  std::vector<v8> GRrow(g.W * K), GCrow(g.W * K);
+  lattn::Scratch<v8> GRrow(g.W * K), GCrow(g.W * K);
   for (int64_t y = 0; y < g.H; ++y) {
     int64_t lo, hi;
     window_rows(g, zero, y, lo, hi);

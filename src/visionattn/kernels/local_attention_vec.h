@@ -39,29 +39,10 @@ inline v8 ldr(const float* p) {
 inline float hsum(v8 v) { float s = 0; for (int i = 0; i < 8; ++i) s += v[i]; return s; }
 inline int64_t up8(int64_t n) { return (n + 7) / 8 * 8; }
 
-// exp of 8 lanes: Cephes' single-precision polynomial after range reduction by powers of 2 (about 1 ulp);
-// inputs below -87, including -inf, give exactly 0, inputs above 88 are clamped to 88. The power of 2 is
-// rounded with the 1.5 * 2^23 trick, whose float keeps n in its low mantissa bits: no float/int conversions.
 typedef int32_t i8 __attribute__((vector_size(32)));
-inline v8 vexp(v8 x0) {
-  constexpr float kShift = 12582912.0f;  // 1.5 * 2^23
-  const v8 x = x0 > 88.0f ? bc(88.0f) : x0;
-  const v8 t = x * 1.44269504088896341f + kShift;  // n = round(x / ln 2) sits in t's low mantissa bits
-  const v8 n = t - kShift;
-  const v8 r = x - n * 0.693359375f + n * 2.12194440e-4f;  // x - n ln 2, ln 2 split for accuracy
-  const v8 z = r * r;
-  v8 y = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
-  const i8 bits = (reinterpret_cast<const i8&>(t) + 127) << 23;  // 2^n (bits of n + 127 above the mantissa)
-  return x0 < -87.0f ? v8{} : y * reinterpret_cast<const v8&>(bits);
-}
 
-// 2^x of 8 lanes, the softmax's exponential (its arguments are scaled by log2 e beforehand): n = round(x) by
-// the same trick, 2^f for f = x - n in [-1/2, 1/2] by a degree-6 polynomial fitted to relative error (at most
+// 2^x of 8 lanes, the softmax's exponential (its arguments are scaled by log2 e beforehand): n = round(x) with
+// the 1.5 * 2^23 trick (the sum's float keeps n in its low mantissa bits: no float/int conversions), 2^f for f = x - n in [-1/2, 1/2] by a degree-6 polynomial fitted to relative error (at most
 // 1e-7 evaluated in float), times 2^n built in the exponent bits. Inputs are clamped to [-127, 127]: -127,
 // and so -inf, gives n + 127 = 0, the bits of exactly 0.
 constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
