@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionattn.errors import UsageError
+
 __all__ = [
     "CheckpointError",
     "atomic_write",
@@ -39,7 +41,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be used: unreadable, for another model, or of the wrong shapes."""
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from visionattn.errors import unknown_name
+
 __all__ = [
     "Entry",
     "Registry",
@@ -85,10 +87,8 @@ class Registry:
     def get(self, name: str) -> Entry:
         try:
             return self._entries[name]
-        except KeyError:
-            raise ValueError(
-                f"unknown {self.kind} name {name!r}; registered names are: {', '.join(sorted(self._entries))}"
-            ) from None
+        except (KeyError, TypeError):
+            raise unknown_name("name", self.kind, name, self._entries) from None
 
     def names(self, family: str | None = None) -> list[str]:
         return sorted(n for n, e in self._entries.items() if family is None or e.family == family)

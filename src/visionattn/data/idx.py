@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from visionattn.errors import UsageError
+
 __all__ = ["DataError", "read_idx", "write_idx", "IDX_DTYPES"]
 
 # type code -> numpy dtype (big-endian where it matters), from the format's description on LeCun's MNIST page
@@ -29,7 +31,7 @@ IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A data file or folder that cannot be used as it is; the message names the file and the problem."""
 
 

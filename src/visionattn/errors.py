@@ -1,0 +1,76 @@
+"""The one error path for a user's mistakes: the exception classes, "did you mean" and the argument checks.
+
+Every check that can blame a user's input raises a :class:`UsageError` (or a subclass: ``DataError``,
+``CheckpointError``) whose message names the argument, what it got and what it needs. They are ``ValueError``\\s,
+so library callers catch them as they always have; the command line catches them in one place
+(:func:`visionattn.cli.main`) and prints ``visionattn CMD: error: MESSAGE`` with exit status 2, never a traceback.
+
+This module imports nothing heavy (no torch), so the command line can validate before it loads anything.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["UsageError", "did_you_mean", "unknown_name", "check_positive", "check_non_negative", "check_finite",
+           "check_range", "check_choice"]
+
+
+class UsageError(ValueError):
+    """A user's input that cannot be used: the message names the argument, what it got and what it needs."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """``"; did you mean 'se', 'sk'?"`` for the closest ``choices`` to ``name``, or ``""`` when none is close."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.6)
+    if not close:  # a prefix or substring is a good guess too: 'resnet' -> 'resnet18', 'resnet20', ...
+        close = [c for c in choices if name and (c.startswith(name) or name in c)][:n]
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def unknown_name(argument: str, kind: str, name: Any, choices: Iterable[str]) -> UsageError:
+    """The error for a name that is not registered: ``argument: unknown KIND 'x'; did you mean ...?``."""
+    choices = sorted(choices)
+    hint = did_you_mean(str(name), choices)
+    listing = "" if hint else f"; the {kind} names are: {', '.join(choices)}"
+    return UsageError(f"{argument}: unknown {kind} {name!r}{hint}{listing}")
+
+
+def check_finite(argument: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{argument}: got {value!r}, needed a finite number")
+    return value
+
+
+def check_positive(argument: str, value: float) -> float:
+    check_finite(argument, value)
+    if not value > 0:
+        raise UsageError(f"{argument}: got {value!r}, needed a positive number")
+    return value
+
+
+def check_non_negative(argument: str, value: float) -> float:
+    check_finite(argument, value)
+    if value < 0:
+        raise UsageError(f"{argument}: got {value!r}, needed a number >= 0")
+    return value
+
+
+def check_range(argument: str, value: float, low: float, high: float, *, high_open: bool = False) -> float:
+    """``low <= value <= high`` (``< high`` with ``high_open``)."""
+    check_finite(argument, value)
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise UsageError(f"{argument}: got {value!r}, needed a value in [{low}, {high}{')' if high_open else ']'}")
+    return value
+
+
+def check_choice(argument: str, value: Any, choices: Iterable[str]) -> Any:
+    choices = list(choices)
+    if value not in choices:
+        hint = did_you_mean(str(value), choices)
+        raise UsageError(f"{argument}: got {value!r}, needed one of {', '.join(map(repr, choices))}{hint}")
+    return value
