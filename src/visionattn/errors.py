@@ -37,7 +37,7 @@ def unknown_name(argument: str, kind: str, name: Any, choices: Iterable[str]) ->
     choices = sorted(choices)
     hint = did_you_mean(str(name), choices)
     listing = "" if hint else f"; the {kind} names are: {', '.join(choices)}"
-    return UsageError(f"{argument}: unknown {kind} {name!r}{hint}{listing}")
+    return UsageError(f"{argument}: unknown {kind} name {name!r}{hint}{listing}")
 
 
 def check_finite(argument: str, value: float) -> float:

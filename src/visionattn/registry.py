@@ -4,17 +4,22 @@ A layer registers itself with :func:`register_attn` where it is defined; :func:`
 Each entry carries what the generic contract tests need to know about it (whether it needs the input's spatial
 size, whether it changes the channel count or resolution like a convolution, which keyword variants to test), so
 a layer registered later is covered by those tests without extra code.
+
+Every look-up (:meth:`Registry.get`, :meth:`Registry.names`, ``in``) first imports :mod:`visionattn.layers` and
+:mod:`visionattn.models`, whose modules register themselves; so this module, and ``import visionattn``, stay free
+of torch until a layer or model is asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from visionattn.errors import unknown_name
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "Entry",
@@ -65,6 +70,12 @@ class Entry:
         return self.factory(*args, **{**self.defaults, **kwargs})
 
 
+def _register_all() -> None:
+    """Import the packages whose modules register the layers and models (a no-op once they are imported)."""
+    import visionattn.layers  # noqa: F401
+    import visionattn.models  # noqa: F401
+
+
 class Registry:
     """A mapping of names to :class:`Entry`, with a decorator to fill it."""
 
@@ -85,15 +96,25 @@ class Registry:
         return decorator
 
     def get(self, name: str) -> Entry:
+        _register_all()
         try:
             return self._entries[name]
         except (KeyError, TypeError):
             raise unknown_name("name", self.kind, name, self._entries) from None
 
     def names(self, family: str | None = None) -> list[str]:
+        """Sorted names, of one ``family`` only when given (an unknown family is an error, not an empty list)."""
+        _register_all()
+        if family is not None and family not in self.families():
+            raise unknown_name("family", f"{self.kind} family", family, self.families())
         return sorted(n for n, e in self._entries.items() if family is None or e.family == family)
 
+    def families(self) -> list[str]:
+        _register_all()
+        return sorted({e.family for e in self._entries.values()})
+
     def __contains__(self, name: object) -> bool:
+        _register_all()
         return name in self._entries
 
 

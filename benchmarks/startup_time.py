@@ -1,0 +1,60 @@
+"""Start-up cost of the package and the command line, against ``import torch``.
+
+Each case runs in a fresh interpreter (``python -c ...`` or ``python -m visionattn ...``), ``--reps`` times after one
+warm-up run (so every case reads its files from the page cache); the median wall time is reported. Targets of
+issue 12: importing visionattn with every layer and model registered costs at most 0.3 s more than importing torch,
+and every ``--help`` finishes in under 0.5 s (the command line parses before it imports torch).
+
+    python benchmarks/startup_time.py [--reps 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+IMPORT_CASES = {
+    "import torch": "import torch",
+    "import visionattn (lazy: no torch)": "import visionattn",
+    "import visionattn + every layer and model": "import visionattn; visionattn.list_models(); visionattn.list_attn()",
+}
+COMMANDS = ["layers", "models", "info", "bench", "train", "compare"]
+
+
+def _time(argv: list[str], reps: int) -> float:
+    subprocess.run(argv, check=True, capture_output=True)  # warm-up: page cache, .pyc files
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=7, help="runs per case; the median is reported (default 7)")
+    args = parser.parse_args()
+    py = sys.executable
+    rows = [(label, _time([py, "-c", code], args.reps)) for label, code in IMPORT_CASES.items()]
+    rows.append(("visionattn --version", _time([py, "-m", "visionattn", "--version"], args.reps)))
+    rows.append(("visionattn --help", _time([py, "-m", "visionattn", "--help"], args.reps)))
+    rows += [(f"visionattn {cmd} --help", _time([py, "-m", "visionattn", cmd, "--help"], args.reps))
+             for cmd in COMMANDS]
+    width = max(len(label) for label, _ in rows)
+    print(f"| {'case':<{width}} | median s |")
+    print(f"|{'-' * (width + 2)}|----------|")
+    for label, seconds in rows:
+        print(f"| {label:<{width}} | {seconds:8.3f} |")
+    times = dict(rows)
+    extra = times["import visionattn + every layer and model"] - times["import torch"]
+    worst_help = max(s for label, s in rows if label.endswith("--help"))
+    print(f"\nfull import minus import torch: {extra:+.3f} s (target <= 0.3 s: {'met' if extra <= 0.3 else 'NOT met'})")
+    print(f"slowest --help: {worst_help:.3f} s (target < 0.5 s: {'met' if worst_help < 0.5 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

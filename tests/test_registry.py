@@ -1,0 +1,55 @@
+"""The registry's look-ups, its "did you mean", and the lazy package import."""
+
+import subprocess
+import sys
+
+import pytest
+
+import visionattn
+from visionattn.errors import UsageError, did_you_mean
+from visionattn.registry import ATTN, MODELS
+
+
+def test_import_does_not_load_torch_until_a_name_is_asked_for():
+    code = ("import sys, visionattn; before = 'torch' in sys.modules; visionattn.list_attn(); "
+            "print(before, 'torch' in sys.modules, 'visionattn.layers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True"]
+
+
+def test_public_names_resolve_lazily():
+    assert visionattn.create_attn is visionattn.registry.create_attn
+    assert "se" in visionattn.list_attn() and "resnet50" in visionattn.list_models()
+    assert visionattn.layers.SqueezeExcite.__name__ == "SqueezeExcite"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = visionattn.nope
+
+
+def test_family_filter():
+    assert "se" in visionattn.list_attn("channel") and "sk" not in visionattn.list_attn("channel")
+    assert set(ATTN.families()) >= {"channel", "branch", "self-attention"}
+
+
+@pytest.mark.parametrize(("name", "suggested"), [("resnet5", "resnet50"), ("se_resnet", "se_resnet50"),
+                                                 ("Resnet50", "resnet50"), ("sknet", "sknet50")])
+def test_did_you_mean_finds_the_close_name(name, suggested):
+    assert repr(suggested) in did_you_mean(name, MODELS.names())
+
+
+def test_did_you_mean_stays_quiet_when_nothing_is_close():
+    assert did_you_mean("qqqq", ["se", "eca"]) == ""
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: visionattn.create_attn("sqeeze", 8), r"name: unknown attention layer name 'sqeeze'"),
+    (lambda: visionattn.create_attn("cbma", 8), r"did you mean 'cbam'"),
+    (lambda: visionattn.create_attn(None, 8), r"unknown attention layer name None"),
+    (lambda: visionattn.create_model("resnet5"), r"unknown model name 'resnet5'; did you mean 'resnet50'"),
+    (lambda: visionattn.create_model("qqqq"), r"the model names are: .*resnet50"),
+    (lambda: visionattn.list_attn("chanel"), r"family: unknown attention layer family name 'chanel'.*'channel'"),
+    (lambda: visionattn.list_models("resnet_small"), r"family: .*'resnet-small'"),
+])
+def test_unknown_names_are_clear_errors(call, match):
+    with pytest.raises(UsageError, match=match):
+        call()
