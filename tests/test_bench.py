@@ -1,16 +1,63 @@
-"""`visionattn bench`: shape parsing, the peak-memory probe, and a tiny end-to-end run."""
+"""`visionattn bench`: shape checks, the peak-memory probe, multiply-adds per image, and a tiny end-to-end run."""
+
+import argparse
 
 import pytest
 import torch
 
+from tests.engine_support import TinyNet, register_tiny_models
 from visionattn import bench, cli
+from visionattn.complexity import count_macs, count_params
+from visionattn.errors import UsageError
+
+register_tiny_models()
 
 
-def test_parse_shape():
-    assert bench.parse_shape("3x224x224") == (3, 224, 224)
-    for bad in ("3x224", "axbxc", "0x8x8", ""):
-        with pytest.raises(ValueError, match="CxHxW"):
-            bench.parse_shape(bad)
+def test_shape_argument():
+    assert cli.shape_arg("3x224x224") == (3, 224, 224) and cli.shape_arg("3X8x8") == (3, 8, 8)
+    for bad in ("3x224", "axbxc", "0x8x8", "", "3x-1x8", "3x8x8x8"):
+        with pytest.raises(argparse.ArgumentTypeError, match="CxHxW"):
+            cli.shape_arg(bad)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: bench.bench_layers(["se"], (4, 4), batch=1), r"shape: got \(4, 4\), needed \(C, H, W\)"),
+    (lambda: bench.bench_layers(["se"], (4, 0, 4), batch=1), r"shape: got \(4, 0, 4\)"),
+    (lambda: bench.bench_layers(["se"], (4, 4, 4), batch=0), r"batch: got 0, needed a positive number"),
+    (lambda: bench.bench_layers(["se"], (4, 4, 4), reps=0), r"reps: got 0, needed a positive number"),
+    (lambda: bench.bench_layers(["se"], (4, 4, 4), warmup=-1), r"warmup: got -1, needed a number >= 0"),
+    (lambda: bench.bench_layers([], (4, 4, 4)), r"names: got no names"),
+    (lambda: bench.bench_layers(["sx"], (4, 4, 4)), r"names: unknown attention layer"),
+    (lambda: bench.bench_layers(["se"], (4, 4, 4), device="tpu"), r"device: got 'tpu'"),
+    (lambda: bench.bench_models(["resnt20"], (1, 8, 8)), r"names: unknown model .*did you mean 'resnet20'"),
+    (lambda: bench.bench_models(["resnet20"], (1, 8, 8), num_classes=0), r"num_classes: got 0"),
+    (lambda: bench.bench_module("x", torch.nn.Identity(), torch.ones(0, 3)), r"x: got shape \(0, 3\)"),
+])
+def test_bench_api_refuses_bad_input_before_measuring(call, match):
+    with pytest.raises(UsageError, match=match):
+        call()
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("path", "match"), [("", "empty path"), (".", "is a folder"), ("nope/x.csv", "does not exist"),
+                                             ("f/x.csv", "is not a folder")])
+def test_output_file_is_checked_before_measuring(tmp_path, monkeypatch, path, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("")
+    with pytest.raises(UsageError, match=f"csv: .*{match}"):
+        bench.check_output_file(path)
+    assert bench.check_output_file("ok.csv").name == "ok.csv" and not (tmp_path / "ok.csv").exists()
+
+
+def test_macs_are_per_image_and_the_model_keeps_its_own_class_count():
+    """Old bench reported multiply-adds per batch and built every model with 1000 classes."""
+    (res,) = bench.bench_models(["test_tiny"], (1, 8, 8), batch=3, warmup=0, reps=1)
+    tiny = TinyNet()  # 10 classes, the registered model's own
+    assert res.macs == count_macs(tiny, torch.randn(1, 1, 8, 8)) and res.batch == 3
+    assert res.params == count_params(tiny)
+    (hundred,) = bench.bench_models(["test_tiny"], (1, 8, 8), batch=3, num_classes=100, warmup=0, reps=1)
+    assert hundred.params == count_params(TinyNet(num_classes=100))
 
 
 def test_peak_memory_sees_a_known_allocation():

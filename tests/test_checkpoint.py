@@ -135,3 +135,19 @@ def test_mismatched_checkpoint_files_are_reported(tmp_path):
         folder.load(_model(), "tiny")
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         CheckpointDir(tmp_path / "none").load(_model())
+
+
+def test_latest_step_follows_the_pointer(tmp_path):
+    folder = CheckpointDir(tmp_path / "ck")
+    assert folder.latest_step() is None
+    folder.save(7, _model(), {}, {"model": "tiny"})
+    assert folder.latest_step() == 7
+    (tmp_path / "ck" / "latest.json").write_text("{broken")
+    assert folder.latest_step() is None
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("keep", [0, -1, 1.5, True])
+def test_keep_must_be_a_positive_whole_number(tmp_path, keep):
+    with pytest.raises(ValueError, match=f"keep: got {keep!r}, needed a whole number >= 1"):
+        CheckpointDir(tmp_path / "ck", keep=keep)

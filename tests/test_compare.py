@@ -10,6 +10,7 @@ import pytest
 import visionattn.compare as compare
 from tests.engine_support import make_digit_folder, make_fashion_mnist, register_tiny_models
 from visionattn import cli
+from visionattn.errors import UsageError
 from visionattn.recipe import TrainConfig
 
 register_tiny_models()
@@ -95,11 +96,42 @@ def test_other_recipe_in_same_folder_is_refused(fmnist, tmp_path):
         compare.run_comparison(["test_tiny"], [1], _base(fmnist, epochs=2), out, log=lambda m: None)
 
 
-@pytest.mark.parametrize("bad,match", [({"models": []}, "models"), ({"seeds": []}, "seeds")])
-def test_empty_lists_are_refused(fmnist, tmp_path, bad, match):
-    args = {"models": ["test_tiny"], "seeds": [1], **bad}
-    with pytest.raises(ValueError, match=match):
-        compare.run_comparison(args["models"], args["seeds"], _base(fmnist), tmp_path, log=lambda m: None)
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("bad", "match"), [
+    ({"models": []}, "models: got an empty list"),
+    ({"seeds": []}, "seeds: got an empty list"),
+    ({"seeds": [1, 1]}, "seeds: seed 1 is given 2 times"),
+    ({"models": ["test_tiny", "test_tiny"]}, "models: model 'test_tiny' is given 2 times"),
+    ({"models": ["test_tiny", "resnt20"]}, "models: unknown model .*did you mean 'resnet20'"),
+    ({"seeds": [1, "2"]}, "seeds: got '2', needed integers"),
+    ({"baseline": "resnet20"}, "baseline: got 'resnet20', needed one of 'test_tiny'"),
+    ({"cost_batch": 0}, "cost_batch: got 0, needed a positive number"),
+    ({"out": "a_file"}, "out: 'a_file' is a file"),
+    ({"base": {"device": "tpu"}}, "--device: got 'tpu'"),
+    ({"base": {"data": "no_such_folder"}}, "--data: got 'no_such_folder'"),
+    ({"base": {"model_args": {"no_such_keyword": 1}}}, "--model-arg no_such_keyword"),
+])
+def test_every_check_comes_before_any_work(fmnist, tmp_path, monkeypatch, bad, match):
+    """A mistake anywhere (the second of two model names, a repeated seed, the recipe) stops the comparison
+    before the first model trains, and leaves no output folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(compare, "train", lambda *a, **kw: pytest.fail("trained before every check passed"))
+    args = {"models": ["test_tiny"], "seeds": [1], "out": "cmp", "cost_batch": None, "baseline": None, **bad}
+    with pytest.raises(UsageError, match=match):
+        base = _base(fmnist, **args.pop("base", {}))  # a TrainConfig checks its values when it is made
+        compare.run_comparison(args["models"], args["seeds"], base, args["out"], args["cost_batch"],
+                               log=lambda m: None, baseline=args["baseline"])
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_each_model_gets_its_own_colour_and_marker():
+    """Old plots used matplotlib's default cycle: with 12 models two blue and two orange lines."""
+    names = [f"m{i}" for i in range(20)]
+    styles = compare.plot_styles(names)
+    assert len({colour for colour, _ in styles.values()}) == 20
+    assert len({marker for _, marker in list(styles.values())[:13]}) == 13
+    assert len(set(styles.values())) == 20
 
 
 def test_cli_compare_on_an_image_folder(tmp_path, capsys):

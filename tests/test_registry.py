@@ -49,6 +49,11 @@ def test_did_you_mean_stays_quiet_when_nothing_is_close():
     (lambda: visionattn.create_model("qqqq"), r"the model names are: .*resnet50"),
     (lambda: visionattn.list_attn("chanel"), r"family: unknown attention layer family name 'chanel'.*'channel'"),
     (lambda: visionattn.list_models("resnet_small"), r"family: .*'resnet-small'"),
+    (lambda: visionattn.create_attn("se", 8, rd_ration=0.5), r"rd_ration: 'se' takes no keyword.*'rd_ratio'"),
+    (lambda: visionattn.create_attn("eca", 8, kernel=3), r"kernel: 'eca' takes no keyword 'kernel'"),
+    (lambda: visionattn.create_model("resnet20", atn="se"), r"atn: 'resnet20' takes no keyword.*'attn'"),
+    (lambda: visionattn.create_model("resnet50", attn="se", attn_kwargs={"rd_ration": 1}),
+     r"attn_kwargs: 'se' takes no keyword 'rd_ration'"),
 ])
 def test_unknown_names_are_clear_errors(call, match):
     with pytest.raises(UsageError, match=match):

@@ -61,18 +61,6 @@ def test_weight_decay_spares_biases_and_norms():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == 1e-3
 
 
-@pytest.mark.parametrize("kw,message", [
-    ({"optimizer": "lamb"}, "optimizer: got 'lamb'"),
-    ({"lr": -1.0}, "lr: got -1.0"),
-    ({"label_smoothing": 1.0}, "label_smoothing: got 1.0"),
-    ({"precision": "fp8"}, "precision: got 'fp8'"),
-    ({"warmup_epochs": -1}, "warmup_epochs: got -1"),
-])
-def test_config_checks(kw, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(model="m", **kw)
-
-
 def test_options_and_resume_rules():
     parse = build_parser().parse_args
     cfg = config_from_args(parse(["train", "--model", "m", "--epochs", "3", "--no-flip", "--model-arg", "attn=se",
@@ -83,7 +71,7 @@ def test_options_and_resume_rules():
     saved = cfg.to_dict()
     resumed = config_from_args(parse(["train", "--resume", "r", "--threads", "2"]), saved)
     assert resumed.epochs == 3 and resumed.threads == 2
-    with pytest.raises(ValueError, match=r"--resume: the options \['lr'\] differ"):
+    with pytest.raises(ValueError, match=r"--resume: the options --lr differ"):
         config_from_args(parse(["train", "--resume", "r", "--lr", "0.5"]), saved)
 
 
@@ -150,7 +138,7 @@ def test_truncated_data_file_stops_the_run_at_once(tmp_path, capsys):
 def test_batch_larger_than_dataset_is_an_error(fmnist, tmp_path, capsys):
     code = main(["train", "--model", "test_tiny", "--data-dir", str(fmnist), "--batch-size", "512",
                  "--no-progress", "--run-dir", str(tmp_path / "r")])
-    assert code == 2 and "batch_size: got 512, needed at most the 256 training images" in capsys.readouterr().err
+    assert code == 2 and "--batch-size: got 512, needed at most the 256 training images" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------- checkpoints, resume
@@ -159,6 +147,8 @@ def test_batch_larger_than_dataset_is_an_error(fmnist, tmp_path, capsys):
 def test_bad_checkpoint_on_resume_names_the_file(fmnist, tmp_path, capsys):
     run = tmp_path / "run"
     train(_cfg(fmnist, run, epochs=1))
+    for name in ("result.json", "model.safetensors"):  # as if killed after its last checkpoint
+        (run / name).unlink()
     weights = next((run / "checkpoints").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:50])
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2

@@ -2,37 +2,92 @@
 
 Timings are medians over repetitions after warm-up. Peak memory is the most memory allocated at once during one
 call, above what was allocated before it: on CUDA from the caching allocator's peak statistics, on the CPU by
-replaying the allocations and frees that ``torch.profiler`` records, op by op, in time order.
+replaying the allocations and frees that ``torch.profiler`` records, op by op, in time order. Multiply-adds are
+per image, as in ``visionattn info`` and ``visionattn compare``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from visionattn.complexity import count_macs, count_params
-from visionattn.formats import autocast, to_channels_last
-from visionattn.registry import create_attn_for_size
+from visionattn.complexity import check_shape, count_macs, count_params
+from visionattn.errors import UsageError, check_non_negative, check_positive, unknown_name
+from visionattn.formats import autocast, check_precision, to_channels_last
+from visionattn.registry import ATTN, create_attn_for_size
 
-__all__ = ["parse_shape", "median_ms", "peak_memory_bytes", "BenchResult", "bench_module", "bench_layers",
-           "bench_models", "write_report"]
+__all__ = ["check_device", "check_output_file", "median_ms", "peak_memory_bytes",
+           "BenchResult", "bench_module", "bench_layers", "bench_models", "write_report"]
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"3x224x224"`` -> ``(3, 224, 224)``; a clear ValueError otherwise."""
+def check_device(device: str, argument: str = "device") -> torch.device:
+    """The ``torch.device`` for ``device`` (auto, cpu, cuda, cuda:N, mps) when this machine has it, else a
+    :class:`UsageError` that says why (the trainer's checks: one rule for every command)."""
+    from visionattn.distributed import check_device_available, resolve_device
+    from visionattn.recipe import check_device_syntax
+
+    check_device_available(check_device_syntax(device, argument), argument)
+    return resolve_device(device)
+
+
+def check_output_file(path: str | os.PathLike, argument: str = "csv") -> Path:
+    """``path`` when a file can be written there (checked before any work): not a folder, in a writable folder."""
+    out = Path(path)
+    if not str(path):
+        raise UsageError(f"{argument}: got an empty path, needed a file to write")
+    if out.is_dir():
+        raise UsageError(f"{argument}: {str(path)!r} is a folder, needed a file path")
+    parent = out.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise UsageError(f"{argument}: cannot write {str(path)!r}: {str(parent)!r} {what}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"{argument}: cannot write {str(path)!r}: permission denied")
+    return out
+
+
+# What torch's profiler library (Kineto) logs on every profile: "USDT:<time> <pid>:<tid>
+# SyncActivityProfilerHandler.cpp:52] profiler_start" (and STAGE lines at higher log levels). Not errors.
+_PROFILER_CHATTER = re.compile(rb"^(USDT|STAGE):\S+ \S+ \d+:\d+ \w+\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def _quiet_profiler() -> Iterator[None]:
+    """Drop the profiler library's own log lines, which it writes straight to file descriptor 2.
+
+    Only around the profiled call: fd 2 goes to a temporary file, then is restored (also on an exception) and every
+    other line written meanwhile is passed on to stderr, so a real error or warning stays visible.
+    """
     try:
-        shape = tuple(int(p) for p in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"input shape must look like CxHxW with positive integers (e.g. 3x224x224), got {text!r}")
-    return shape
+        saved = os.dup(2)
+    except OSError:  # no stderr to protect
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [line for line in tmp.read().splitlines(keepends=True) if not _PROFILER_CHATTER.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def _sync(device: torch.device) -> None:
@@ -63,7 +118,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
         fn()
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - base
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     current = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
@@ -74,6 +129,8 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
 
 @dataclass
 class BenchResult:
+    """One benchmarked module: ``macs`` per image; times per batch of ``batch`` images; peaks in MiB."""
+
     name: str
     params: int
     macs: int
@@ -98,17 +155,27 @@ class BenchResult:
         return row
 
 
+def _check_counts(warmup: int, reps: int, batch: int | None = None) -> None:
+    check_non_negative("warmup", warmup)
+    check_positive("reps", reps)
+    if batch is not None:
+        check_positive("batch", batch)
+
+
 def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2, reps: int = 5,
                  precision: str = "fp32", channels_last: bool = False) -> BenchResult:
     """Forward (eval, no grad) and one training step (train mode, SGD) of ``module`` on ``x``.
 
     ``precision="bf16"`` runs both under bfloat16 autocast, as the trainer does; ``channels_last`` converts the
-    module and ``x`` to that memory format first (4-D inputs only).
+    module and ``x`` to that memory format first (4-D inputs only). Multiply-adds are counted for one image.
     """
-    mixed = autocast(x.device.type, precision)
+    _check_counts(warmup, reps)
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise UsageError(f"x: got shape {tuple(x.shape)}, needed a batch of at least one input")
+    mixed = autocast(x.device.type, check_precision(precision))
     device = x.device
     module = module.to(device)
-    macs = count_macs(module, x[:1]) * x.shape[0]
+    macs = count_macs(module, x[:1])
     if channels_last:
         module = to_channels_last(module)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -139,18 +206,32 @@ def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2,
     module.train()
     x.requires_grad_(True)  # layers sit inside networks: their backward also computes the input's gradient
     train_ms = median_ms(train_step, device, warmup, reps)
+    # The measured step starts without gradients: freeing the previous step's inside the profiled call would free
+    # blocks the profiler never saw allocated (it then warns, and cannot subtract them from the running total).
+    module.zero_grad(set_to_none=True)
+    x.grad = None
     train_peak = peak_memory_bytes(train_step, device)
     x.requires_grad_(False)
     return BenchResult(name, count_params(module), macs, forward_ms, train_ms, forward_peak / 2**20,
                        train_peak / 2**20, x.shape[0])
 
 
+def _check_names(names: Sequence[str], argument: str, kind: str, choices: list[str]) -> None:
+    if not names:
+        raise UsageError(f"{argument}: got no names, needed at least one {kind} name")
+    for name in names:
+        if name not in choices:
+            raise unknown_name(argument, kind, name, choices)
+
+
 def bench_layers(names: list[str], shape: tuple[int, int, int], batch: int = 8, device: str = "cpu",
                  warmup: int = 2, reps: int = 5, precision: str = "fp32",
                  channels_last: bool = False) -> list[BenchResult]:
     """Benchmark registered attention layers on a (batch, C, H, W) feature map."""
-    c, h, w = shape
-    x = torch.randn(batch, c, h, w, device=device)
+    c, h, w = check_shape(shape, "shape")
+    _check_counts(warmup, reps, batch)
+    _check_names(names, "names", "attention layer", ATTN.names())
+    x = torch.randn(batch, c, h, w, device=check_device(device))
     results = []
     for name in names:
         layer = create_attn_for_size(name, c, (h, w))
@@ -158,16 +239,24 @@ def bench_layers(names: list[str], shape: tuple[int, int, int], batch: int = 8, 
     return results
 
 
-def bench_models(names: list[str], shape: tuple[int, int, int], batch: int = 8, num_classes: int = 1000,
+def bench_models(names: list[str], shape: tuple[int, int, int], batch: int = 8, num_classes: int | None = None,
                  device: str = "cpu", warmup: int = 2, reps: int = 5, precision: str = "fp32",
                  channels_last: bool = False) -> list[BenchResult]:
-    """Benchmark registered models on a (batch, C, H, W) image batch (each built for that input size)."""
-    from visionattn.info import build_for_input
+    """Benchmark registered models on a (batch, C, H, W) image batch (each built for that input size).
 
-    x = torch.randn(batch, *shape, device=device)
+    ``num_classes`` left as ``None``: each model's own (10 for the small-image ResNets, 1000 for ImageNet's).
+    """
+    from visionattn.info import build_for_input
+    from visionattn.registry import MODELS
+
+    shape = check_shape(shape, "shape")
+    _check_counts(warmup, reps, batch)
+    _check_names(names, "names", "model", MODELS.names())
+    kwargs = {} if num_classes is None else {"num_classes": check_positive("num_classes", num_classes)}
+    x = torch.randn(batch, *shape, device=check_device(device))
     results = []
     for name in names:
-        model, _ = build_for_input(name, shape, num_classes=num_classes)
+        model, _ = build_for_input(name, shape, **kwargs)
         results.append(bench_module(name, model, x, warmup, reps, precision, channels_last))
     return results
 
@@ -198,5 +287,6 @@ def write_report(results: list[BenchResult], shape: tuple[int, ...], args: objec
     if getattr(args, "channels_last", False):
         precision += ", channels-last"
     head = (f"batch {batch}, input {'x'.join(map(str, shape))}, {precision}, {torch.get_num_threads()} threads; "
-            f"medians of {getattr(args, 'reps', '?')} runs after {getattr(args, 'warmup', '?')} warm-up runs")
+            f"medians of {getattr(args, 'reps', '?')} runs after {getattr(args, 'warmup', '?')} warm-up runs; "
+            "macs per image, _ms per batch")
     return head + "\n\n" + format_table(rows, _COLUMNS, human=("params", "macs"))

@@ -187,8 +187,8 @@ class CheckpointDir:
     POINTER = "latest.json"
 
     def __init__(self, folder: str | os.PathLike, keep: int = 1) -> None:
-        if keep < 1:
-            raise ValueError(f"keep: got {keep}, needed >= 1")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise UsageError(f"keep: got {keep!r}, needed a whole number >= 1")
         self.folder, self.keep = Path(folder), keep
 
     def save(self, step: int, model: nn.Module, state: dict[str, Any], metadata: dict[str, str]) -> Path:
@@ -211,6 +211,13 @@ class CheckpointDir:
 
     def exists(self) -> bool:
         return (self.folder / self.POINTER).is_file()
+
+    def latest_step(self) -> int | None:
+        """The step ``latest.json`` points at, or ``None`` when there is no readable pointer yet."""
+        try:
+            return int(json.loads((self.folder / self.POINTER).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def load(self, model: nn.Module, model_name: str | None = None) -> dict[str, Any]:
         """Load the latest checkpoint's weights into ``model`` and return its trainer state."""

@@ -1,83 +1,192 @@
-"""The ``visionattn`` command. Thin: it parses arguments and calls the engine.
+"""The ``visionattn`` command. Thin: it parses arguments, validates them and calls the engine.
 
-Each sub-command is a ``(add_arguments, run)`` pair in ``COMMANDS``; ``run(args)`` returns the exit status.
+Each sub-command is a ``Command`` in ``COMMANDS``: its help, its ``add_arguments(parser)`` and ``run(args)``, which
+returns the exit status. Parsing imports nothing heavy: the argument types below are plain Python, so ``--help``,
+``--version`` and a malformed option are answered before torch loads; a command imports the engine when it runs.
+
+Errors take one path (:func:`main`): a user's mistake (:class:`~visionattn.errors.UsageError`, any ``ValueError``
+or ``OSError``) prints ``visionattn CMD: error: MESSAGE`` and exits with status 2; Ctrl-C prints one line and
+exits with 130; argparse's own errors have the same prefix and status.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from visionattn.errors import UsageError, unknown_name
+from visionattn.formats import PRECISIONS
+
+__all__ = ["main", "build_parser", "COMMANDS", "TRAIN_EXTRA"]
+
+# the `train` extra (pyproject.toml): what train and compare need beyond torch
+TRAIN_EXTRA = ("tqdm", "matplotlib", "safetensors", "PIL")
+_INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the repository)"
 
 
-def _layers_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--channels", type=int, default=64, help="input channels C (default 64)")
-    p.add_argument("--size", type=int, nargs=2, default=(56, 56), metavar=("H", "W"), help="feature map size")
+# ------------------------------------------------------------------------------------ argument types (no torch)
+def _count(low: int, needed: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"got {text!r}, needed {needed}")
+        return value
+
+    parse.__name__ = needed
+    return parse
 
 
-def _layers_run(args: argparse.Namespace) -> int:
-    from visionattn.complexity import format_table, layer_rows
+positive_int = _count(1, "a positive integer")
+non_negative_int = _count(0, "an integer >= 0")
 
-    rows = layer_rows(args.channels, tuple(args.size))
-    h, w = args.size
-    print(f"Registered attention layers: parameters and multiply-adds for a {args.channels}x{h}x{w} input\n")
-    print(format_table(rows, ["name", "family", "paper", "params", "macs"], human=("macs",)))
+
+def shape_arg(text: str) -> tuple[int, int, int]:
+    """``"3x224x224"`` -> ``(3, 224, 224)``."""
+    try:
+        shape = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}, needed CxHxW with three positive integers (e.g. 3x224x224)")
+    return shape  # type: ignore[return-value]
+
+
+def names_arg(text: str) -> list[str]:
+    """``"se, eca"`` -> ``["se", "eca"]``; at least one name."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"got {text!r}, needed comma-separated names such as resnet20,se_resnet20")
+    return names
+
+
+def seeds_arg(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; at least one integer (repeats are refused by the comparison's checks)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"got {text!r}, needed comma-separated integers such as 0,1,2")
+    return seeds
+
+
+def _check_names(argument: str, kind: str, names: Sequence[str], choices: Sequence[str]) -> None:
+    for name in names:
+        if name not in choices:
+            raise unknown_name(argument, kind, name, choices)
+
+
+def _family_names(registry: Any, family: str | None, kind: str) -> list[str]:
+    if family is not None and family not in registry.families():
+        raise unknown_name("--family", f"{kind} family", family, registry.families())
+    return registry.names(family)
+
+
+# --------------------------------------------------------------------------------------------- the commands
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", default=None, help="only this family, e.g. resnet-small (default: every family)")
+
+
+def _models_run(args: argparse.Namespace) -> int:
+    from visionattn.complexity import format_table
+    from visionattn.registry import MODELS
+
+    names = _family_names(MODELS, args.family, "model")
+    rows = [{"name": n, "family": MODELS.get(n).family, "description": MODELS.get(n).description} for n in names]
+    print(f"{len(rows)} registered models (visionattn info NAME for parameters and multiply-adds)\n")
+    print(format_table(rows, ["name", "family", "description"]))
     return 0
 
 
-def _names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
+def _layers_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--channels", type=positive_int, default=64, help="input channels C (default 64)")
+    p.add_argument("--size", type=positive_int, nargs=2, default=(56, 56), metavar=("H", "W"),
+                   help="feature map size (default 56 56)")
+    p.add_argument("--family", default=None, help="only this family, e.g. channel (default: every family)")
+
+
+def _layers_run(args: argparse.Namespace) -> int:
+    from visionattn.complexity import buildable_layer_rows, format_table
+    from visionattn.registry import ATTN
+
+    _family_names(ATTN, args.family, "attention layer")
+    h, w = args.size
+    rows, unbuildable = buildable_layer_rows(args.channels, (h, w), args.family, ("--channels", "--size"))
+    print(f"Registered attention layers: parameters and multiply-adds for a {args.channels}x{h}x{w} input\n")
+    print(format_table(rows, ["name", "family", "params", "macs", "description"], human=("macs",)))
+    if unbuildable:
+        print(f"\nNot buildable at {args.channels} channels ({h}x{w}):")
+        for name, why in unbuildable.items():
+            print(f"- {name}: {why}")
+    return 0
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--models", type=_names, help="comma-separated model names")
-    what.add_argument("--layers", type=_names, help="comma-separated layer names ('all' for every layer)")
-    p.add_argument("--input", default=None, help="CxHxW (default 3x224x224 for models, 64x56x56 for layers)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--reps", type=int, default=5, help="repetitions; the median is reported")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="bf16: bfloat16 autocast")
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--csv", default=None, help="also write the table as CSV to this path")
+    what.add_argument("--models", type=names_arg, help="comma-separated model names (required: this or --layers)")
+    what.add_argument("--layers", type=names_arg,
+                      help="comma-separated layer names, 'all' for every layer (required: this or --models)")
+    p.add_argument("--input", type=shape_arg, default=None,
+                   help="CxHxW (default 3x224x224 for models, 64x56x56 for layers)")
+    p.add_argument("--batch", type=positive_int, default=8, help="batch size (default 8)")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classifier outputs of the models (default: each model's own, e.g. 10 for resnet20)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--reps", type=positive_int, default=5, help="timed repetitions; the median is reported (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16: bfloat16 autocast (default fp32)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (default off)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--csv", default=None, help="also write the table as CSV to this file (default: none)")
 
 
 def _bench_run(args: argparse.Namespace) -> int:
     import torch
 
-    from visionattn.bench import bench_layers, bench_models, parse_shape, write_report
-    from visionattn.registry import list_attn
+    from visionattn.bench import bench_layers, bench_models, check_device, check_output_file, write_report
+    from visionattn.registry import ATTN, MODELS
 
+    device = str(check_device(args.device, "--device"))
+    if args.csv is not None:
+        check_output_file(args.csv, "--csv")
     if args.threads:
         torch.set_num_threads(args.threads)
+    counts = (args.warmup, args.reps, args.precision, args.channels_last)
     if args.models:
-        shape = parse_shape(args.input or "3x224x224")
-        results = bench_models(args.models, shape, args.batch, args.num_classes, args.device, args.warmup, args.reps,
-                               args.precision, args.channels_last)
+        _check_names("--models", "model", args.models, MODELS.names())
+        shape = args.input or (3, 224, 224)
+        results = bench_models(args.models, shape, args.batch, args.num_classes, device, *counts)
     else:
-        shape = parse_shape(args.input or "64x56x56")
-        names = list_attn() if args.layers == ["all"] else args.layers
-        results = bench_layers(names, shape, args.batch, args.device, args.warmup, args.reps, args.precision,
-                               args.channels_last)
+        names = ATTN.names() if args.layers == ["all"] else args.layers
+        _check_names("--layers", "attention layer", names, ATTN.names())
+        shape = args.input or (64, 56, 56)
+        results = bench_layers(names, shape, args.batch, device, *counts)
     print(write_report(results, shape, args, args.csv))
     return 0
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="registered model name (see visionattn.list_models())")
-    p.add_argument("--input", default=None, help="CxHxW (default: the model's own, e.g. 3x224x224)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+    p.add_argument("model", help="registered model name (visionattn models lists them)")
+    p.add_argument("--input", type=shape_arg, default=None, help="CxHxW (default: the model's own, e.g. 3x224x224)")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classifier outputs (default: the model's own)")
 
 
 def _info_run(args: argparse.Namespace) -> int:
-    from visionattn.bench import parse_shape
     from visionattn.info import describe
+    from visionattn.registry import MODELS
 
+    _check_names("model", "model", [args.model], MODELS.names())
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    print(describe(args.model, parse_shape(args.input) if args.input else None, **kwargs))
+    print(describe(args.model, args.input, **kwargs))
     return 0
 
 
@@ -96,57 +205,125 @@ def _train_run(args: argparse.Namespace) -> int:
 def _compare_args(p: argparse.ArgumentParser) -> None:
     from visionattn.recipe import add_train_arguments
 
-    p.add_argument("--models", type=_names, required=True, help="comma-separated model names")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds; each model is trained once per seed")
-    p.add_argument("--out", default="runs/compare", help="output folder; the same command again resumes there")
-    p.add_argument("--cost-batch", type=int, default=None, help="batch for the speed and memory figures "
+    p.add_argument("--models", type=names_arg, required=True, help="comma-separated model names, each once")
+    p.add_argument("--seeds", type=seeds_arg, default=[0],
+                   help="comma-separated seeds, each once; every model is trained once per seed (default 0)")
+    p.add_argument("--out", default="runs/compare",
+                   help="output folder; the same command again resumes there (default runs/compare)")
+    p.add_argument("--cost-batch", type=positive_int, default=None, help="batch for the speed and memory figures "
                    "(default: the training batch size)")
-    p.add_argument("--baseline", default=None, help="model the others are compared with (default: the first)")
-    add_train_arguments(p, exclude=("--model", "--seed", "--run-dir", "--resume"))
+    p.add_argument("--baseline", default=None,
+                   help="one of --models, the others are compared with it (default: the first)")
+    add_train_arguments(p, exclude=("--model", "--seed", "--run-dir", "--resume", "--overwrite"))
 
 
 def _compare_run(args: argparse.Namespace) -> int:
-    from visionattn.compare import run_comparison, seeds_arg, write_outputs
+    from visionattn.compare import run_comparison, write_outputs
     from visionattn.recipe import config_from_args
 
-    try:
-        seeds = seeds_arg(args.seeds)
-        base = config_from_args(argparse.Namespace(**{**vars(args), "model": args.models[0]}))
-        rows = run_comparison(args.models, seeds, base, args.out, args.cost_batch)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"visionattn compare: error: {err}", file=sys.stderr)
-        return 2
+    base = config_from_args(argparse.Namespace(**{**vars(args), "model": args.models[0]}))
+    rows = run_comparison(args.models, args.seeds, base, args.out, args.cost_batch, baseline=args.baseline,
+                          flags=True)
     table = write_outputs(rows, args.out, args.baseline or args.models[0])
     subset = f", {base.train_subset} training images (a class-balanced subset)" if base.train_subset else ""
-    print(f"\n{len(args.models)} models x {len(seeds)} seeds, {base.epochs} epochs each on {base.data}{subset}\n")
+    print(f"\n{len(args.models)} models x {len(args.seeds)} seeds, {base.epochs} epochs each on {base.data}{subset}\n")
     print(table)
     print(f"\ntable: {args.out}/compare.md and compare.csv; plots: {args.out}/accuracy_vs_macs.png, "
           f"accuracy_vs_latency.png, training_curves.png; runs: {args.out}/runs/")
     return 0
 
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
-    "layers": ("list every registered layer with its parameters and multiply-adds", _layers_args, _layers_run),
-    "compare": ("train several models with one recipe and seeds and tabulate accuracy beside cost",
-                _compare_args, _compare_run),
-    "bench": ("measure forward and training-step speed and peak memory", _bench_args, _bench_run),
-    "info": ("parameters, multiply-adds and a per-stage table of a model", _info_args, _info_run),
-    "train": ("train a model on Fashion-MNIST or an image folder (torchrun-ready, resumable)", _train_args,
-              _train_run),
+def _compare_interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    return (f"finished runs are kept in {args.out}; to resume, run the same command again: "
+            f"visionattn {shlex.join(argv)}")
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    needs_train_extra: bool = False
+    interrupted: Callable[[argparse.Namespace, Sequence[str]], str] | None = None  # the resume hint after Ctrl-C
+
+
+COMMANDS: dict[str, Command] = {
+    "models": Command("list the registered models (name, family, description)", _models_args, _models_run),
+    "layers": Command("list every registered layer with its parameters and multiply-adds", _layers_args,
+                      _layers_run),
+    "compare": Command("train several models with one recipe and seeds and tabulate accuracy beside cost",
+                       _compare_args, _compare_run, needs_train_extra=True, interrupted=_compare_interrupted),
+    "bench": Command("measure forward and training-step speed and peak memory", _bench_args, _bench_run),
+    "info": Command("parameters, multiply-adds and a per-stage table of a model", _info_args, _info_run),
+    "train": Command("train a model on Fashion-MNIST or an image folder (torchrun-ready, resumable)", _train_args,
+                     _train_run, needs_train_extra=True),
 }
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("visionattn")
+    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from visionattn import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visionattn", description="Attention mechanisms for computer vision.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_args, _) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+    parser.add_argument("--version", action="version", version=f"visionattn {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(_parser=command_parser)  # for its own "unrecognized arguments" error
     return parser
 
 
+def _check_train_extra() -> None:
+    missing = [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"needs the 'train' extra, which is not installed (missing: {', '.join(missing)}); "
+                         f"install it with {_INSTALL}")
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return f"{err.filename}: {err.strerror}"  # not "[Errno 2] ..."
+    return str(err) or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return COMMANDS[args.command][2](args)
+    """Run ``visionattn`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, unknown = build_parser().parse_known_args(argv)
+        command_parser = vars(args).pop("_parser")
+        if unknown:  # said by the sub-command, so that the message has its prefix like every other error
+            command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as stop:  # --help, --version, or argparse's own error (already printed, status 2)
+        return stop.code if isinstance(stop.code, int) else 2
+    command = COMMANDS[args.command]
+    prefix = f"visionattn {args.command}"
+    try:
+        if command.needs_train_extra:
+            _check_train_extra()
+        return command.run(args)
+    except KeyboardInterrupt as err:
+        hint = command.interrupted(args, argv) if command.interrupted else str(err)
+        print(f"\n{prefix}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        print(f"{prefix}: error: needs {err.name!r} from the 'train' extra; install it with {_INSTALL}",
+              file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as err:  # UsageError, DataError and CheckpointError are ValueErrors
+        print(f"{prefix}: error: {_message(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,16 @@ import torch
 from visionattn.bench import bench_module, median_ms
 from visionattn.checkpoint import atomic_write
 from visionattn.complexity import format_table
+from visionattn.errors import UsageError, check_choice, check_positive, unknown_name
 from visionattn.formats import autocast
 from visionattn.info import build_for_input
 from visionattn.recipe import TrainConfig
+from visionattn.registry import MODELS
 from visionattn.runlog import read_metrics
 from visionattn.train import train
 
-__all__ = ["run_comparison", "measure_cost", "summarise", "write_outputs", "seeds_arg", "COLUMNS"]
+__all__ = ["run_comparison", "check_comparison", "check_output_dir", "measure_cost", "summarise", "write_outputs",
+           "plot_styles", "COLUMNS"]
 
 COLUMNS = ["model", "top1_mean", "top1_std", "seeds", "params", "macs", "train_img_s", "latency_ms",
            "peak_train_mb"]
@@ -72,7 +77,7 @@ def measure_cost(model_name: str, input_shape: tuple[int, int, int], num_classes
             model(one)
 
     latency = median_ms(infer, torch.device("cpu"), warmup=2, reps=max(5, reps))
-    return {"params": res.params, "macs": res.macs // batch, "train_img_s": res.train_images_per_s,
+    return {"params": res.params, "macs": res.macs, "train_img_s": res.train_images_per_s,
             "latency_ms": latency, "peak_train_mb": res.train_peak_mb, "batch": batch,
             "threads": torch.get_num_threads(), "precision": precision, "channels_last": channels_last}
 
@@ -96,15 +101,18 @@ def _data_shape(out: Path, model: str, seed: int) -> tuple[tuple[int, int, int],
 
 
 def run_comparison(models: list[str], seeds: list[int], base: TrainConfig, out: str | Path,
-                   cost_batch: int | None = None, log: Any = print) -> list[dict[str, Any]]:
-    """Train ``models`` x ``seeds`` with ``base``'s recipe into ``out``, measure costs, return the table rows."""
-    if not models:
-        raise ValueError("models: got an empty list, needed at least one model name")
-    if not seeds:
-        raise ValueError("seeds: got an empty list, needed at least one seed")
+                   cost_batch: int | None = None, log: Any = print, *, baseline: str | None = None,
+                   flags: bool = False) -> list[dict[str, Any]]:
+    """Train ``models`` x ``seeds`` with ``base``'s recipe into ``out``, measure costs, return the table rows.
+
+    Everything is checked first (:func:`check_comparison`, which ``baseline`` and ``flags`` are for): a mistake
+    is an error before the first model trains.
+    """
+    check_comparison(models, seeds, base, out, cost_batch, baseline, flags=flags)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_plan(out, models, seeds, base)
+    atomic_write(out / "plan.json", json.dumps({"models": models, "seeds": seeds, "recipe": _recipe(base)},
+                                               indent=2).encode())
     results: dict[str, list[dict[str, Any]]] = {}
     for model in models:
         results[model] = [_train_one(replace(base, model=model, seed=seed), out, log) for seed in seeds]
@@ -116,18 +124,91 @@ def run_comparison(models: list[str], seeds: list[int], base: TrainConfig, out: 
     return rows
 
 
-def _check_plan(out: Path, models: list[str], seeds: list[int], base: TrainConfig) -> None:
+def _flag(name: str, flags: bool) -> str:
+    return "--" + name.replace("_", "-") if flags else name
+
+
+def _check_distinct(argument: str, values: list[Any], kind: str, why: str) -> None:
+    if not values:
+        raise UsageError(f"{argument}: got an empty list, needed at least one {kind}")
+    counts = Counter(values)
+    twice = next((v for v, n in counts.items() if n > 1), None)
+    if twice is not None:
+        raise UsageError(f"{argument}: {kind} {twice!r} is given {counts[twice]} times, needed each {kind} once "
+                         f"({why})")
+
+
+def check_comparison(models: list[str], seeds: list[int], base: TrainConfig, out: str | Path,
+                     cost_batch: int | None = None, baseline: str | None = None, *, flags: bool = False) -> None:
+    """Every check of a comparison, before any work: the model names (registered, each once), the seeds (integers,
+    each once), ``baseline`` (one of ``models``), ``cost_batch``, the output folder, an earlier plan in it, and
+    the recipe of every run it will train (:func:`visionattn.train.preflight`).
+
+    ``flags``: name the arguments as the command line spells them (``--models``) rather than as here (``models``).
+    """
+    from visionattn.train import preflight
+
+    _check_distinct(_flag("models", flags), list(models), "model", "it would get two rows of the same runs")
+    for name in models:
+        if name not in MODELS:
+            raise unknown_name(_flag("models", flags), "model", name, MODELS.names())
+    _check_distinct(_flag("seeds", flags), list(seeds), "seed",
+                    "one run counted twice would fake the mean and the spread")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UsageError(f"{_flag('seeds', flags)}: got {seed!r}, needed integers")
+    if baseline is not None:
+        check_choice(_flag("baseline", flags), baseline, models)
+    if cost_batch is not None:
+        check_positive(_flag("cost_batch", flags), cost_batch)
+    out = check_output_dir(out, _flag("out", flags))
+    _check_plan(out, base, _flag("out", flags))
+    for model in models:
+        for seed in seeds:
+            run_dir = _run_dir(out, model, seed)
+            if not (run_dir / "result.json").is_file():  # a finished run is read back, not trained
+                preflight(replace(base, model=model, seed=seed, run_dir=str(run_dir)),
+                          resume=(run_dir / "config.json").is_file())
+
+
+def check_output_dir(out: str | Path, argument: str = "out") -> Path:
+    """``out`` as a folder that exists or can be made, and can be written (checked before any work)."""
+    if not str(out):
+        raise UsageError(f"{argument}: got an empty path, needed a folder")
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{argument}: {str(out)!r} is a file, needed a folder (new or an earlier comparison's)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{argument}: cannot make {str(out)!r}: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{argument}: cannot write in {str(existing)!r}: permission denied")
+    return path
+
+
+_NOT_RECIPE = ("model", "seed", "run_dir", "progress", "device", "threads", "ckpt_every", "overwrite")
+
+
+def _recipe(base: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in base.to_dict().items() if k not in _NOT_RECIPE}
+
+
+def _check_plan(out: Path, base: TrainConfig, argument: str) -> None:
     """A folder holds one recipe: resuming with another would mix incomparable runs."""
-    recipe = {k: v for k, v in base.to_dict().items()
-              if k not in ("model", "seed", "run_dir", "progress", "device", "threads", "ckpt_every")}
     path = out / "plan.json"
-    if path.is_file():
+    if not path.is_file():
+        return
+    try:
         earlier = json.loads(path.read_text())["recipe"]
-        changed = sorted(k for k in set(recipe) | set(earlier) if recipe.get(k) != earlier.get(k))
-        if changed:
-            raise ValueError(f"{out} holds a comparison with another recipe (differs in {', '.join(changed)}); "
-                             "use another --out folder or the same options")
-    atomic_write(path, json.dumps({"models": models, "seeds": seeds, "recipe": recipe}, indent=2).encode())
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{argument}: {path} is not a comparison plan ({err}); use another folder") from None
+    recipe = _recipe(base)
+    changed = sorted(k for k in set(recipe) | set(earlier) if recipe.get(k) != earlier.get(k))
+    if changed:
+        raise UsageError(f"{argument}: {out} holds a comparison with another recipe (differs in "
+                         f"{', '.join(changed)}); use another folder or the same options")
 
 
 def summarise(model: str, results: list[dict[str, Any]], cost: dict[str, float]) -> dict[str, Any]:
@@ -181,22 +262,41 @@ def _deltas(rows: list[dict[str, Any]], base: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Every model its own colour and marker: tab20's strong colours first, then its light ones (tab20 pairs them,
+# so taking them in order would give two blues, two oranges, ...), against a marker cycle of another length.
+_COLOUR_ORDER = [*range(0, 20, 2), *range(1, 20, 2)]
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "p", "h", "8")
+
+
+def plot_styles(models: list[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+    """``model -> (colour, marker)``: 20 distinct colours, 13 markers, so up to 260 distinct pairs."""
+    from matplotlib import colormaps
+
+    tab20 = colormaps["tab20"]
+    return {m: (tuple(tab20(_COLOUR_ORDER[i % 20])), _MARKERS[i % len(_MARKERS)]) for i, m in enumerate(models)}
+
+
 def _plots(rows: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    styles = plot_styles([r["model"] for r in rows])
+    legend = {"fontsize": 7, "ncol": 2 if len(rows) > 8 else 1}
     for key, label, name in (("macs", "multiply-adds per image (M)", "accuracy_vs_macs.png"),
                              ("latency_ms", "inference latency per image (ms)", "accuracy_vs_latency.png")):
         fig, ax = plt.subplots(figsize=(7, 5))
         for r in rows:
             x = r[key] / 1e6 if key == "macs" else r[key]
-            ax.errorbar(x, r["top1_mean"], yerr=r["top1_std"], fmt="o", capsize=3)
+            colour, marker = styles[r["model"]]
+            ax.errorbar(x, r["top1_mean"], yerr=r["top1_std"], fmt=marker, color=colour, capsize=3,
+                        label=r["model"])
             ax.annotate(r["model"], (x, r["top1_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylabel("test top-1 (%)")
         ax.grid(alpha=0.3)
+        ax.legend(**legend)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
@@ -207,21 +307,13 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> None:
         length = min((len(c) for c in curves), default=0)
         if length:
             mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, marker=".", label=r["model"])
+            colour, marker = styles[r["model"]]
+            ax.plot(range(1, length + 1), mean, marker=marker, color=colour, label=r["model"])
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%), mean over seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_lines():
+        ax.legend(**legend)
     fig.tight_layout()
     fig.savefig(out / "training_curves.png", dpi=120)
     plt.close(fig)
-
-
-def seeds_arg(text: str) -> list[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds:
-        raise ValueError(f"seeds: got {text!r}, needed comma-separated integers such as 1,2")
-    return seeds

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "broadcast_object", "broadcast_buffers", "barrier",
-           "check_replicas_in_sync", "resolve_device"]
+__all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "all_reduce_max", "broadcast_object",
+           "broadcast_buffers", "barrier", "check_replicas_in_sync", "resolve_device", "check_device_available"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,35 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def check_device_available(device: str, argument: str = "--device") -> None:
+    """Raise :class:`~visionattn.errors.UsageError` when ``device`` (already well-formed) is not on this machine.
+
+    ``cuda`` means this process's GPU (``LOCAL_RANK`` under torchrun), so it needs that many GPUs too.
+    """
+    from visionattn.errors import UsageError
+
+    if device in ("auto", "cpu"):
+        return
+    if device == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError(f"{argument}: got 'mps', but Apple's Metal backend is not available here; use "
+                             "--device cpu (or auto)")
+        return
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+        raise UsageError(f"{argument}: got {device!r}, but CUDA is not available on this machine ({build}); use "
+                         "--device cpu, or auto to take a GPU only when there is one")
+    index = resolve_device(device, _local_rank()).index or 0
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise UsageError(f"{argument}: got {device!r} (GPU {index}), but this machine has {count} GPU(s): "
+                         f"cuda:0..cuda:{count - 1}")
+
+
 def setup(device: str = "auto") -> DistInfo:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1); pick this process's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -77,6 +106,15 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """The element-wise maximum of a few numbers over all processes."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()
 
 

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from visionattn.complexity import count_params, format_table
+from visionattn.complexity import check_shape, count_params, format_table
+from visionattn.errors import check_positive
 from visionattn.registry import create_model, get_model_entry
 
 __all__ = ["ModelInfo", "build_for_input", "model_info", "format_info", "describe"]
@@ -49,7 +50,10 @@ def build_for_input(name: str, input_size: InputSize | None = None, **kwargs: An
     input size to feed it.
     """
     entry = get_model_entry(name)
+    if kwargs.get("num_classes") is not None:
+        check_positive("num_classes", kwargs["num_classes"])
     if input_size is not None:
+        input_size = check_shape(input_size)
         if _accepts(entry.factory, "in_chans"):
             kwargs.setdefault("in_chans", input_size[0])
         if _accepts(entry.factory, "img_size"):

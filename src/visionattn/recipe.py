@@ -4,6 +4,10 @@ Defaults are for small images (Fashion-MNIST, CIFAR-sized folders): SGD with mom
 global batch of 128, one epoch of linear warm-up then cosine decay to zero (Loshchilov & Hutter 2017, SGDR eq. 5,
 without restarts), weight decay 5e-4 on weights but not on biases and normalisation parameters, random crop with
 2-pixel padding and horizontal flip.
+
+Importing this module does not import torch: the command line builds ``visionattn train --help`` and checks
+every option from it before it loads anything heavy. Every error names the setting by its command-line flag
+(``--lr``, ``--weight-decay``; the Python field is the flag without dashes, ``-`` read as ``_``).
 """
 
 from __future__ import annotations
@@ -11,20 +15,69 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from visionattn.errors import (
+    UsageError,
+    check_choice,
+    check_finite,
+    check_non_negative,
+    check_positive,
+    check_range,
+    did_you_mean,
+)
 from visionattn.formats import PRECISIONS, check_precision
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "PRECISIONS", "add_train_arguments", "config_from_args", "build_optimizer",
-           "build_scheduler", "RESUME_OVERRIDES"]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["TrainConfig", "OPTIMIZERS", "PRECISIONS", "CHANNEL_MODES", "add_train_arguments", "config_from_args",
+           "build_optimizer", "build_scheduler", "RESUME_OVERRIDES", "flag", "check_device_syntax"]
 
 OPTIMIZERS = ("sgd", "adamw")
+CHANNEL_MODES = ("auto", "grey", "rgb")  # as visionattn.data.folder reads them (that module imports torch)
 _DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 _DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+_DEVICE_EXAMPLES = ("auto", "cpu", "cuda", "cuda:0", "mps")
+_DEVICE_ALIASES = {"gpu": "cuda", "cuda0": "cuda:0", "nvidia": "cuda", "metal": "mps"}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: ``weight_decay`` -> ``--weight-decay``."""
+    return "--model-arg" if name == "model_args" else "--" + name.replace("_", "-")
+
+
+def check_device_syntax(device: Any, argument: str = "--device") -> str:
+    """``device`` when it reads as auto, cpu, cuda, cuda:N or mps (whether it exists is checked at start)."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        text = str(device).strip().lower()
+        hint = f"; did you mean {_DEVICE_ALIASES[text]!r}?" if text in _DEVICE_ALIASES else did_you_mean(
+            text, _DEVICE_EXAMPLES)
+        raise UsageError(f"{argument}: got {device!r}, needed auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps{hint}")
+    return device
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{flag(name)}: got {value!r}, needed a whole number" + (" or None" if optional else ""))
+    if minimum is not None and value < minimum:
+        raise UsageError(f"{flag(name)}: got {value!r}, needed a whole number >= {minimum}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise UsageError(f"{flag(name)}: got {value!r}, needed True or False")
+
+
+def _check_str(name: str, value: Any, optional: bool = False) -> None:
+    if not (optional and value is None) and (not isinstance(value, str) or not value):
+        raise UsageError(f"{flag(name)}: got {value!r}, needed a non-empty string" + (" or None" if optional else ""))
 
 
 @dataclass
@@ -32,7 +85,9 @@ class TrainConfig:
     """Everything that decides a training run; saved as the run's resolved configuration.
 
     ``lr`` and ``weight_decay`` left as ``None`` take the optimizer's default (SGD: 0.1 and 5e-4, AdamW: 1e-3 and
-    0.05). ``batch_size`` is the global batch: with N processes each takes ``batch_size / N``.
+    0.05). ``batch_size`` is the global batch: with N processes each takes ``batch_size / N``. Every value is
+    checked when the config is made (:meth:`validate`); whether the model, the device, the data and the run
+    directory exist is checked by :func:`visionattn.train.preflight` before a run starts.
     """
 
     model: str = ""
@@ -69,29 +124,60 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: got {self.optimizer!r}, needed one of {OPTIMIZERS}")
-        check_precision(self.precision)
+        check_choice(flag("optimizer"), self.optimizer, OPTIMIZERS)
         self.lr = _DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
         self.weight_decay = _DEFAULT_WD[self.optimizer] if self.weight_decay is None else self.weight_decay
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "lr": self.lr, "ckpt_every": self.ckpt_every, "keep_checkpoints": self.keep_checkpoints}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name}: got {value}, needed a positive number")
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ValueError(f"train_subset: got {self.train_subset}, needed a positive number of images or None")
-        for name, value in {"label_smoothing": self.label_smoothing, "momentum": self.momentum}.items():
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}: got {value}, needed a value in [0, 1)")
-        if not 0.0 <= self.erasing <= 1.0:
-            raise ValueError(f"erasing: got {self.erasing}, needed a probability in [0, 1]")
-        non_negative = {"weight_decay": self.weight_decay, "warmup_epochs": self.warmup_epochs,
-                        "min_lr": self.min_lr, "crop_padding": self.crop_padding,
-                        "temperature_epochs": self.temperature_epochs}
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ValueError(f"{name}: got {value}, needed >= 0")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every value (types, ranges, finiteness, names); :class:`UsageError` naming the flag."""
+        self._check_names()
+        self._check_counts()
+        self._check_rates()
+
+    def _check_names(self) -> None:
+        for name in ("model", "data"):
+            if not isinstance(getattr(self, name), str):
+                raise UsageError(f"{flag(name)}: got {getattr(self, name)!r}, needed a string")
+        for name in ("data_dir", "run_dir"):
+            _check_str(name, getattr(self, name), optional=True)
+        for name in ("download", "flip", "channels_last", "progress"):
+            _check_bool(name, getattr(self, name))
+        check_choice(flag("optimizer"), self.optimizer, OPTIMIZERS)
+        check_precision(self.precision, flag("precision"))
+        check_choice(flag("channels"), self.channels, CHANNEL_MODES)
+        check_device_syntax(self.device)
+        if not isinstance(self.model_args, dict) or not all(isinstance(k, str) and k for k in self.model_args):
+            raise UsageError(f"--model-arg: got {self.model_args!r}, needed a dict of keyword names to values")
+
+    def _check_counts(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size", "ckpt_every", "keep_checkpoints"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("image_size", "train_subset", "threads"):
+            _check_int(name, getattr(self, name), minimum=1, optional=True)
+        _check_int("crop_padding", self.crop_padding, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        if self.seed >= 2**32:  # numpy's global seed is 32-bit
+            raise UsageError(f"--seed: got {self.seed}, needed a whole number below 2**32")
+
+    def _check_rates(self) -> None:
+        check_positive(flag("lr"), self.lr)
+        check_non_negative(flag("weight_decay"), self.weight_decay)
+        check_range(flag("momentum"), self.momentum, 0.0, 1.0, high_open=True)
+        check_range(flag("label_smoothing"), self.label_smoothing, 0.0, 1.0, high_open=True)
+        check_range(flag("erasing"), self.erasing, 0.0, 1.0)
+        check_finite(flag("val_fraction"), self.val_fraction)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UsageError(f"--val-fraction: got {self.val_fraction!r}, needed a share in (0, 1)")
+        check_non_negative(flag("temperature_epochs"), self.temperature_epochs)
+        check_non_negative(flag("min_lr"), self.min_lr)
+        if self.min_lr > self.lr:
+            raise UsageError(f"--min-lr: got {self.min_lr!r}, needed at most the peak --lr {self.lr!r} (the cosine "
+                             "decays from --lr down to --min-lr; a higher floor would make it climb)")
+        check_non_negative(flag("warmup_epochs"), self.warmup_epochs)
+        if self.warmup_epochs > self.epochs:
+            raise UsageError(f"--warmup-epochs: got {self.warmup_epochs!r}, needed at most the {self.epochs} "
+                             "--epochs (the warm-up is part of the run)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +188,7 @@ RESUME_OVERRIDES = ("device", "threads", "progress", "ckpt_every", "keep_checkpo
 
 # (flag, type, help); the field is the flag without dashes, '-' -> '_'; bools get --x/--no-x
 _OPTIONS: list[tuple[str, Any, str]] = [
-    ("--model", str, "registered model name, e.g. resnet20 (see visionattn.list_models())"),
+    ("--model", str, "registered model name, e.g. resnet20 (see `visionattn models`); required unless --resume"),
     ("--data", str, "'fashion-mnist' or an image folder (root/train/<class>/* with root/val/<class>/*, "
                     "or root/<class>/*)"),
     ("--data-dir", str, "folder holding the Fashion-MNIST files (default: $VISIONATTN_DATA_DIR, then "
@@ -130,7 +216,7 @@ _OPTIONS: list[tuple[str, Any, str]] = [
     ("--seed", int, "seed of initialisation, data order and augmentation"),
     ("--precision", str, "fp32, or bf16 (autocast; about 2x faster on CPUs with AVX512-BF16/AMX and on GPUs)"),
     ("--channels-last", bool, "channels-last memory format (often faster with bf16)"),
-    ("--device", str, "auto, cpu, cuda or cuda:N"),
+    ("--device", str, "auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps"),
     ("--threads", int, "torch CPU threads per process (default: torch's choice)"),
     ("--ckpt-every", int, "also write a checkpoint every this many steps (besides every epoch end)"),
     ("--keep-checkpoints", int, "how many checkpoints to keep"),
@@ -143,29 +229,48 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
     """The ``visionattn train`` options but those in ``exclude`` (e.g. ``("--model", "--resume")`` for a command
     that sets them itself); only options given on the command line reach the namespace."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    for flag, kind, text in _OPTIONS:
-        if flag in exclude:
+    for option, kind, text in _OPTIONS:
+        if option in exclude:
             continue
-        name = flag[2:].replace("-", "_")
-        shown = defaults.get(name)
-        text = f"{text} (default {shown})" if shown not in (None, "", False) else text
+        text = _with_default(text, defaults.get(option[2:].replace("-", "_")))
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=text)
+            parser.add_argument(option, type=kind, default=argparse.SUPPRESS, help=text)
     parser.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
-                        help="extra keyword for the model factory, e.g. attn=se (value parsed as JSON if it can be)")
+                        help="extra keyword for the model factory, e.g. attn=se; the value is read as JSON when it "
+                             "can be; repeat for several (default none)")
     if "--resume" not in exclude:
         parser.add_argument("--resume", metavar="RUN_DIR", default=None,
-                            help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration")
+                            help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration "
+                                 "(default: start a new run)")
+    if "--overwrite" not in exclude:
+        parser.add_argument("--overwrite", action="store_true", default=False,
+                            help="replace the run already in --run-dir (its checkpoints, metrics and result are "
+                                 "deleted) instead of refusing (default off)")
+
+
+def _with_default(text: str, default: Any) -> str:
+    """``text (default X)``; 0 and False are shown too (only None and '' have nothing to show)."""
+    if default is None or default == "" or "(default" in text:
+        return text
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    return f"{text} (default {shown})"
 
 
 def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--model-arg: got {pair!r}, needed KEY=VALUE")
+            raise UsageError(f"--model-arg: got {pair!r}, needed KEY=VALUE (e.g. attn=se)")
+        if not key.isidentifier():
+            raise UsageError(f"--model-arg: got the key {key!r} in {pair!r}, needed a keyword name "
+                             "(letters, digits, _)")
+        if key in out:
+            raise UsageError(f"--model-arg: got {key!r} twice ({key}={out[key]!r} and {pair!r}), needed each key "
+                             "once")
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -182,17 +287,20 @@ def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = No
         given["model_args"] = _parse_model_args(args.model_arg)
     if saved is None:
         if not given.get("model"):
-            raise ValueError("--model: missing; needed a registered model name (or --resume RUN_DIR)")
+            raise UsageError("--model: missing; needed a registered model name (or --resume RUN_DIR)")
         return TrainConfig(**given)
     conflicts = [k for k, v in given.items() if k not in RESUME_OVERRIDES and saved.get(k) != v]
     if conflicts:
-        raise ValueError(f"--resume: the options {conflicts} differ from the saved run's configuration; a resumed "
-                         f"run keeps its recipe (only {list(RESUME_OVERRIDES)} may change)")
+        raise UsageError(f"--resume: the options {', '.join(flag(k) for k in conflicts)} differ from the saved run's "
+                         f"configuration; a resumed run keeps its recipe (only "
+                         f"{', '.join(flag(k) for k in RESUME_OVERRIDES)} may change)")
     return TrainConfig(**{**{k: v for k, v in saved.items() if k in names}, **given})
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum) or AdamW; weight decay only on parameters with two or more dimensions."""
+    import torch
+
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -204,6 +312,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step schedule: linear warm-up to ``lr`` over ``warmup_epochs``, then cosine decay to ``min_lr``."""
+    import torch
+
     total = cfg.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
     floor = cfg.min_lr / cfg.lr

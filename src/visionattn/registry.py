@@ -12,11 +12,13 @@ of torch until a layer or model is asked for.
 
 from __future__ import annotations
 
+import inspect
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from visionattn.errors import unknown_name
+from visionattn.errors import UsageError, did_you_mean, unknown_name
 
 if TYPE_CHECKING:
     from torch import nn
@@ -67,7 +69,29 @@ class Entry:
     min_channels: int = 1
 
     def build(self, *args: Any, **kwargs: Any) -> nn.Module:
-        return self.factory(*args, **{**self.defaults, **kwargs})
+        self.check_keywords(kwargs)
+        try:
+            return self.factory(*args, **{**self.defaults, **kwargs})
+        except TypeError as err:  # a keyword that a factory forwarding **kwargs passed on to a class that lacks it
+            match = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+            if match is None or match.group(1) not in kwargs:
+                raise
+            raise UsageError(f"{match.group(1)}: {self.name!r} takes no keyword {match.group(1)!r}") from None
+
+    def check_keywords(self, kwargs: Mapping[str, Any], argument: str | None = None) -> None:
+        """Refuse a keyword the factory does not name (with a "did you mean"), before anything is built; a
+        factory that takes ``**kwargs`` is checked by what it forwards them to."""
+        try:
+            params = inspect.signature(self.factory).parameters
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return
+        known = [p for p in params if p not in ("self", "channels")]
+        for key in kwargs:
+            if key not in params:
+                raise UsageError(f"{argument or key}: {self.name!r} takes no keyword {key!r}"
+                                 f"{did_you_mean(str(key), known)}; it takes {', '.join(known)}")
 
 
 def _register_all() -> None:

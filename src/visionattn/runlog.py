@@ -10,20 +10,45 @@ Layout of ``runs/<model>-<timestamp>/``::
     model.safetensors  the final weights
     checkpoints/     see :class:`visionattn.checkpoint.CheckpointDir`
 
-Only the main process writes; a :class:`RunLog` built with ``enabled=False`` logs to the console only.
+Only the main process writes; a :class:`RunLog` built with ``enabled=False`` logs to the console only. The
+directory is created by :meth:`RunLog.open` (or the first file written), not when the log is made: what is logged
+before (the data summary, skipped files) is kept and written to ``log.txt`` then, so a run that fails while it
+loads its data or builds its model leaves no directory behind. JSON files are strict JSON: a value that is not
+finite (NaN, inf) is written as ``null``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from visionattn.checkpoint import atomic_write
 
-__all__ = ["RunLog", "default_run_dir", "plot_curves", "read_metrics"]
+__all__ = ["RunLog", "RUN_FILES", "default_run_dir", "plot_curves", "read_metrics", "json_safe"]
+
+# what a run writes into its directory (the run-directory checks and --overwrite go by these names)
+RUN_FILES = ("config.json", "log.txt", "metrics.jsonl", "curves.png", "result.json", "model.safetensors",
+             "checkpoints")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``, so ``json.dumps`` stays strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _dumps(payload: Any, **kw: Any) -> str:
+    return json.dumps(json_safe(payload), allow_nan=False, **kw)
 
 
 def default_run_dir(model: str, root: str = "runs") -> Path:
@@ -56,11 +81,29 @@ class RunLog:
         console.setFormatter(logging.Formatter("%(message)s"))
         console.setLevel(logging.INFO if enabled else logging.WARNING)
         self.logger.addHandler(console)
+        # until open(): records wait here for log.txt
+        self._pending: logging.handlers.MemoryHandler | None = None
         if enabled:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(self.folder / "log.txt")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-            self.logger.addHandler(handler)
+            self._pending = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
+            self.logger.addHandler(self._pending)
+
+    @property
+    def opened(self) -> bool:
+        return self.enabled and self._pending is None
+
+    def open(self) -> None:
+        """Create the directory and ``log.txt`` (with everything logged so far); a no-op when already open."""
+        if self._pending is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.folder / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        self._pending.setTarget(handler)
+        self._pending.flush()
+        self.logger.removeHandler(self._pending)
+        self._pending.close()
+        self._pending = None
+        self.logger.addHandler(handler)
 
     def info(self, message: str) -> None:
         self.logger.info(message)
@@ -70,16 +113,21 @@ class RunLog:
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         if self.enabled:
-            atomic_write(self.folder / name, (json.dumps(payload, indent=2) + "\n").encode())
+            self.open()
+            atomic_write(self.folder / name, (_dumps(payload, indent=2) + "\n").encode())
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite ``metrics.jsonl`` from the full history (so a resumed run never repeats an epoch's line)."""
         if self.enabled:
-            lines = "".join(json.dumps(row) + "\n" for row in history)
+            self.open()
+            lines = "".join(_dumps(row) + "\n" for row in history)
             atomic_write(self.folder / "metrics.jsonl", lines.encode())
             plot_curves(history, self.folder / "curves.png")
 
     def close(self) -> None:
+        """Close the handlers; records never written to ``log.txt`` (the run never opened) are dropped."""
+        if self._pending is not None:
+            self._pending.buffer.clear()
         for handler in list(self.logger.handlers):
             handler.close()
             self.logger.removeHandler(handler)
@@ -98,6 +146,7 @@ def plot_curves(history: list[dict[str, Any]], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    history = [{k: (float("nan") if v is None else v) for k, v in row.items()} for row in history]  # null: a gap
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
     for split, style in (("train", "-"), ("test", "--")):

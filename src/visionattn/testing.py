@@ -17,6 +17,9 @@ __all__ = [
     "check_grads_reach_params",
     "check_finite",
     "check_batch_independence",
+    "check_empty_batch",
+    "check_batch_of_one",
+    "check_he_init",
     "check_bf16",
     "check_compile",
     "check_gradcheck",
@@ -67,16 +70,82 @@ def check_finite(module: nn.Module, x: torch.Tensor) -> None:
 
 
 def check_batch_independence(module: nn.Module, x: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-4) -> None:
-    """In eval mode, sample i's output is the same alone as inside the batch."""
+    """In eval mode, sample i's output is the same alone as inside the batch.
+
+    ``atol`` is relative to the output's scale where that exceeds 1: float32 rounding grows with the values (a
+    freshly initialised network in eval mode, whose BatchNorm statistics have seen a batch or two, can give
+    large logits).
+    """
     module.eval()
     with torch.no_grad():
         full = _forward(module, x)
+        scale = max(1.0, full.abs().max().item())
         for i in range(x.shape[0]):
             alone = _forward(module, x[i : i + 1])
-            if not torch.allclose(alone[0], full[i], atol=atol, rtol=rtol):
+            if not torch.allclose(alone[0], full[i], atol=atol * scale, rtol=rtol):
                 diff = (alone[0] - full[i]).abs().max().item()
                 raise AssertionError(f"eval output of sample {i} depends on the rest of the batch "
                                      f"(max difference {diff:.3g})")
+
+
+def check_empty_batch(module: nn.Module, x: torch.Tensor, expected: tuple[int, ...]) -> None:
+    """An empty batch (B = 0) gives an empty output of the ``expected`` shape, in train and eval mode."""
+    if x.shape[0] != 0:
+        raise AssertionError(f"check_empty_batch needs a batch of 0, got input shape {tuple(x.shape)}")
+    for training in (True, False):
+        module.train(training)
+        with torch.no_grad():
+            out = _forward(module, x)
+        if tuple(out.shape) != tuple(expected):
+            raise AssertionError(f"empty batch in {'train' if training else 'eval'} mode gave shape "
+                                 f"{tuple(out.shape)}, expected {tuple(expected)}")
+
+
+def check_batch_of_one(module: nn.Module, x: torch.Tensor, expected: tuple[int, ...]) -> bool:
+    """A batch of one in training either works or raises a UsageError that names the layer, the need for a
+    batch of at least 2 and the way out (eval mode); eval mode always works. Returns whether training worked."""
+    from visionattn.errors import UsageError  # here, so that importing this module stays light
+
+    if x.shape[0] != 1:
+        raise AssertionError(f"check_batch_of_one needs a batch of 1, got input shape {tuple(x.shape)}")
+    worked = True
+    try:
+        check_output_shape(module.train(), x, expected)
+    except UsageError as e:
+        msg, name = str(e), type(module).__name__
+        for needed in (name, "batch of at least 2 in training", ".eval()"):
+            if needed not in msg:
+                raise AssertionError(f"the batch-of-one error does not say {needed!r}: {msg}") from e
+        worked = False
+    with torch.no_grad():
+        check_output_shape(module.eval(), x, expected)
+    return worked
+
+
+def check_he_init(module: nn.Module, rel_tol: float = 0.1) -> None:
+    """Every 2-D convolution weight, and every expert of an expert bank (a 5-D ``weight``), has the standard
+    deviation of He's initialisation (fan-out, ReLU gain): ``sqrt(2 / (out_channels * kh * kw))``.
+
+    The tolerance is ``rel_tol`` plus four standard errors of a sample standard deviation, ``4 / sqrt(2 n)``
+    for n weights, so a small kernel is not blamed for sampling noise; PyTorch's default initialisation is
+    off by a factor of 2.4 or more for every convolution the networks here hold.
+    """
+    bad = []
+    for name, m in module.named_modules():
+        weight = getattr(m, "weight", None)
+        if isinstance(m, nn.Conv2d):
+            kernels = [weight]
+        elif isinstance(weight, torch.Tensor) and weight.dim() == 5:  # (n experts, O, C / g, kh, kw)
+            kernels = list(weight)
+        else:
+            continue
+        for k in kernels:
+            he = (2.0 / (k.shape[0] * k[0, 0].numel())) ** 0.5
+            std = k.detach().float().std().item()
+            if abs(std / he - 1) > rel_tol + 4 / (2 * k.numel()) ** 0.5:
+                bad.append(f"{name or type(m).__name__}: std {std:.4g}, He {he:.4g}")
+    if bad:
+        raise AssertionError(f"{len(bad)} convolution weights are not He-initialised: " + "; ".join(bad[:5]))
 
 
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -6,6 +6,12 @@ augmentation of every image is fixed by (seed, epoch, image), see :mod:`visionat
 holds the weights, the optimizer and schedule, the global RNG states and the position in the epoch, so a run
 killed at any moment and resumed computes exactly what the uninterrupted run computes (on CPU with the same
 thread count; GPU kernels may not be bitwise deterministic).
+
+Before any work, :func:`preflight` checks the recipe, the device, the model, the data source and the run
+directory; the directory itself is created only once the data are loaded and the model is built, so a run that
+cannot start leaves nothing behind. A loss that stops being finite ends the run with :class:`TrainingDiverged`
+(its last good checkpoint kept); Ctrl-C ends it with :class:`TrainingInterrupted`, whose message is the resume
+command.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +31,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from visionattn import distributed
-from visionattn.checkpoint import CheckpointDir, CheckpointError, capture_rng, restore_rng, save_weights
+from visionattn.checkpoint import CheckpointDir, capture_rng, load_weights, restore_rng, save_weights
 from visionattn.data import Augment, DataSplits, Normalize, channel_stats, epoch_generator, load_dataset
+from visionattn.errors import UsageError
 from visionattn.formats import autocast, to_channels_last
-from visionattn.info import build_for_input
 from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args
-from visionattn.runlog import RunLog, default_run_dir
+from visionattn.runlog import RunLog, default_run_dir, read_metrics
+from visionattn.train_checks import build_model, clear_run_dir, finished_result, preflight, saved_config
+from visionattn.train_guards import (
+    CHECK_EVERY,
+    DivergenceWatch,
+    TrainingDiverged,
+    TrainingInterrupted,
+    diverged,
+    interrupted,
+)
 
-__all__ = ["train", "run_cli", "TrainResult", "Trainer"]
+__all__ = ["train", "run_cli", "preflight", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 
 @dataclass
@@ -63,13 +77,18 @@ def _temperature_schedule(model: nn.Module, cfg: TrainConfig, steps_per_epoch: i
 class Trainer:
     """One training run (use :func:`train`); the attributes under "position" are what a checkpoint restores."""
 
-    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, log: RunLog, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, log: RunLog, resume: bool = False,
+                 overwrite: bool = False) -> None:
         self.cfg, self.info, self.log = cfg, info, log
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = self._load_data()
         self._build_model()
+        if overwrite and info.is_main and not resume:  # only now that the new run is sure to start
+            clear_run_dir(log.folder)
+        log.open()
         self.ckpt = CheckpointDir(log.folder / "checkpoints", keep=cfg.keep_checkpoints)
+        self.watch = DivergenceWatch(info.device)
         # position
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.history: list[dict[str, Any]] = []
@@ -89,8 +108,10 @@ class Trainer:
                             channels=cfg.channels, val_fraction=cfg.val_fraction, seed=cfg.seed)
         for line in data.skipped:
             self.log.warning(f"skipped unreadable file {line}")
+        for line in data.notes():
+            self.log.info(line)
         if cfg.train_subset:
-            data.train = data.train.balanced_subset(cfg.train_subset)
+            data.train = data.train.balanced_subset(cfg.train_subset, argument="--train-subset")
         summary = data.describe()
         self.log.info(f"data {summary['name']} from {summary['source']}: {summary['train_size']} train / "
                       f"{summary['test_size']} test images, {summary['num_classes']} classes, "
@@ -108,21 +129,20 @@ class Trainer:
         cfg, info = self.cfg, self.info
         per_rank, remainder = divmod(cfg.batch_size, info.world_size)
         if remainder:
-            raise ValueError(f"batch_size: got {cfg.batch_size}, needed a multiple of the {info.world_size} "
+            raise UsageError(f"--batch-size: got {cfg.batch_size}, needed a multiple of the {info.world_size} "
                              "processes")
         self.batch = per_rank
         self.sampler = DistributedSampler(self.data.train, num_replicas=info.world_size, rank=info.rank,
                                           shuffle=True, seed=cfg.seed, drop_last=False)
         self.steps_per_epoch = len(self.sampler) // per_rank
         if self.steps_per_epoch == 0:
-            raise ValueError(f"batch_size: got {cfg.batch_size}, needed at most the {len(self.data.train)} "
-                             "training images")
+            raise UsageError(f"--batch-size: got {cfg.batch_size}, needed at most the {len(self.data.train)} "
+                             "training images" + (f" (of {info.world_size} processes)" if info.enabled else ""))
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
         # built for the data's image size too: some designs (GE-theta's global gather) fix it
-        self.model = build_for_input(cfg.model, self.data.train.image_shape, num_classes=self.data.num_classes,
-                                     **cfg.model_args)[0].to(info.device)
+        self.model = build_model(cfg, self.data.train.image_shape, self.data.num_classes).to(info.device)
         if cfg.channels_last:
             self.model = to_channels_last(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -177,9 +197,18 @@ class Trainer:
             self.synced += summed
         self.local.zero_()
 
+    def _check_finite(self, weights: bool = False) -> None:
+        """Stop with :class:`TrainingDiverged` once a loss (or, with ``weights``, a weight) is not finite."""
+        found = self.watch.check(self.model if weights else None)
+        if found is not None:
+            error = diverged(self.cfg, found, self.steps_per_epoch, self.ckpt.latest_step(), self.ckpt.folder)
+            self.log.warning(str(error))
+            raise error
+
     def _checkpoint(self) -> None:
         self._sync_accum()
         distributed.broadcast_buffers(self.model)  # what rank 0 saves is then what every process holds
+        self._check_finite(weights=True)
         if self.info.is_main:
             self.ckpt.save(self.global_step, self.model, self._state(), {"model": self.cfg.model})
 
@@ -218,6 +247,9 @@ class Trainer:
             loss = self._train_step(order[start:start + self.batch], params)
             self.step_in_epoch += 1
             self.global_step += 1
+            self.watch.record(loss, self.global_step)
+            if self.global_step % CHECK_EVERY == 0:
+                self._check_finite()
             bar.update(1)
             if bar.n % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.4f}")
@@ -242,6 +274,7 @@ class Trainer:
     def _end_epoch(self, seconds: float) -> dict[str, Any]:
         self._sync_accum()
         distributed.broadcast_buffers(self.model)
+        self._check_finite(weights=True)
         loss_sum, correct, seen = distributed.all_reduce_sum(self.synced.tolist(), self.info.device)
         test_loss, test_acc = self.evaluate()
         row = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss_sum / seen,
@@ -265,20 +298,28 @@ class Trainer:
         from tqdm import tqdm
 
         show = self.info.is_main and self.cfg.progress
-        epochs = tqdm(total=self.cfg.epochs, initial=self.epoch, desc="epochs", unit="ep", disable=not show)
-        while self.epoch < self.cfg.epochs:
-            bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
-                       unit="step", leave=False, disable=not show, mininterval=1.0)
-            start = time.perf_counter()
-            self._train_epoch(bar)
-            bar.close()
-            row = self._end_epoch(time.perf_counter() - start)
-            self.elapsed += row["time_s"]
-            epochs.update(1)
-            epochs.set_postfix(test_acc=f"{100 * row['test_acc']:.2f}%")
-        epochs.close()
-        distributed.check_replicas_in_sync(self.model, self.info.device)
-        return self._finish()
+        bars = [tqdm(total=self.cfg.epochs, initial=self.epoch, desc="epochs", unit="ep", disable=not show)]
+        try:
+            while self.epoch < self.cfg.epochs:
+                bars.append(tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+                                 desc=f"epoch {self.epoch + 1}", unit="step", leave=False, disable=not show,
+                                 mininterval=1.0))
+                start = time.perf_counter()
+                self._train_epoch(bars[-1])
+                bars.pop().close()
+                row = self._end_epoch(time.perf_counter() - start)
+                self.elapsed += row["time_s"]
+                bars[0].update(1)
+                bars[0].set_postfix(test_acc=f"{100 * row['test_acc']:.2f}%")
+            bars.pop().close()
+            distributed.check_replicas_in_sync(self.model, self.info.device)
+            return self._finish()
+        except KeyboardInterrupt:
+            raise interrupted(self.global_step, self.steps_per_epoch, self.ckpt.latest_step(),
+                              self.log.folder) from None
+        finally:  # closed before any message is printed, so no bar is left half drawn
+            for bar in reversed(bars):
+                bar.close()
 
     def _finish(self) -> TrainResult:
         accs = [row["test_acc"] for row in self.history]
@@ -294,46 +335,59 @@ class Trainer:
         return TrainResult(self.model, self.history, result["test_acc"], self.log.folder, self.elapsed, result)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Train ``cfg.model`` on ``cfg.data`` with ``cfg``'s recipe; in one process, or in each under torchrun.
 
     With ``resume``, ``cfg.run_dir`` must be an earlier run's directory; training continues from its last
-    checkpoint (or from the start when it has none).
+    checkpoint (or from the start when it has none); a finished run is not trained again, its saved result is
+    returned. An existing run in ``cfg.run_dir`` is refused unless ``resume`` or ``overwrite``.
+
+    Raises:
+        UsageError: what :func:`preflight` finds, before any work; :class:`TrainingDiverged` when the loss stops
+            being finite.
+        TrainingInterrupted: on Ctrl-C (a ``KeyboardInterrupt`` whose message says how to resume).
     """
+    preflight(cfg, resume=resume, overwrite=overwrite)
     info = distributed.setup(cfg.device)
     log = None
     try:
+        distributed.barrier()  # every process has checked the run directory before rank 0 creates it
         run_dir = Path(cfg.run_dir) if cfg.run_dir else distributed.broadcast_object(default_run_dir(cfg.model))
         cfg.run_dir = str(run_dir)
         log = RunLog(run_dir, enabled=info.is_main)
-        return Trainer(cfg, info, log, resume=resume).run()
+        saved = finished_result(run_dir) if resume else None
+        if saved is not None:
+            return _finished(cfg, saved, log)
+        return Trainer(cfg, info, log, resume=resume, overwrite=overwrite).run()
     finally:
         if log is not None:
             log.close()
         distributed.teardown()
 
 
-def _saved_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: {path} does not exist; needed the directory of an earlier run")
-    try:
-        return dict(json.loads(path.read_text())["config"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: unreadable run configuration ({err})") from None
+def _finished(cfg: TrainConfig, result: dict[str, Any], log: RunLog) -> TrainResult:
+    """A finished run's saved result and final weights; nothing is trained or rewritten."""
+    run_dir = Path(cfg.run_dir or ".")
+    data = json.loads((run_dir / "config.json").read_text())["data"]  # preflight found it readable
+    model = build_model(cfg, (data["in_chans"], *data["image_size"]), data["num_classes"])
+    load_weights(run_dir / "model.safetensors", model, cfg.model)
+    log.info(f"{run_dir} already finished: test accuracy {100 * result['test_acc']:.2f}% after {result['epochs']} "
+             f"epochs; nothing to resume (the result is {run_dir / 'result.json'})")
+    return TrainResult(model, read_metrics(run_dir), result["test_acc"], run_dir, float(result["train_time_s"]),
+                       result)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """``visionattn train``: build the config from the parsed options (or the resumed run's), train, report."""
-    try:
-        if args.resume:
-            saved = _saved_config(Path(args.resume))
-            saved["run_dir"] = args.resume
-            cfg = config_from_args(args, saved)
-        else:
-            cfg = config_from_args(args)
-        train(cfg, resume=bool(args.resume))  # the run log's last line gives the accuracy and the directory
-    except (ValueError, FileNotFoundError) as err:  # DataError and CheckpointError are ValueErrors
-        print(f"visionattn train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    """``visionattn train``: build the config from the parsed options (or the resumed run's), train, report.
+
+    Errors are raised for :func:`visionattn.cli.main` to report (``UsageError``: exit status 2;
+    ``TrainingInterrupted``: its one line, exit status 130).
+    """
+    if args.resume:
+        saved = saved_config(args.resume)
+        saved["run_dir"] = args.resume
+        cfg = config_from_args(args, saved)
+    else:
+        cfg = config_from_args(args)
+    train(cfg, resume=bool(args.resume), overwrite=bool(getattr(args, "overwrite", False)))
+    return 0  # the run log's last line gives the accuracy and the directory

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import visionattn
+from visionattn.errors import UsageError
 from visionattn.layers.attention_stem import AttentionStem2d
 
 
@@ -92,12 +93,32 @@ def test_stride_is_attention_then_average_pooling():
     assert layer(x).shape == (2, 16, math.ceil(9 / 2), 4)
 
 
-def test_registered_and_checks_arguments():
+def test_registered():
     layer = visionattn.create_attn("sasa_stem", 3, out_channels=64)
     assert isinstance(layer, AttentionStem2d) and (layer.kernel_size, layer.mixtures) == (4, 4)
-    with pytest.raises(ValueError, match="border"):
-        AttentionStem2d(3, 8, border="clamp")
-    with pytest.raises(ValueError, match="out_channels must be divisible by heads"):
-        AttentionStem2d(3, 10, heads=4)
-    with pytest.raises(ValueError, match="mixtures"):
-        AttentionStem2d(3, 8, mixtures=0)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"border": "clamp"}, "border: got 'clamp', needed one of 'mask', 'zero'"),
+    ({"border": "maks"}, "border: .*did you mean 'mask'"),
+    ({"out_channels": 10, "heads": 4}, "out_channels must be divisible by heads.*heads=4"),
+    ({"mixtures": 0}, "mixtures must be an integer >= 1"), ({"kernel_size": 0}, "kernel_size must be an integer"),
+    ({"out_channels": 7, "heads": 7}, "out_channels must be even"), ({"embed_dim": -1}, "embed_dim must be"),
+    ({"qk_scale": float("inf")}, "qk_scale: got inf, needed a finite number")])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        AttentionStem2d(3, **{"out_channels": 8, **kwargs})
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("shape,dtype,match", [((1, 3, 0, 4), torch.float32, "at least 1x1 pixels"),
+                                               ((1, 3, 4, 4), torch.uint8, "floating-point input, got torch.uint8"),
+                                               ((1, 4, 4, 4), torch.float32, "3 input channels")])
+def test_bad_inputs_raise(shape, dtype, match):
+    with pytest.raises(UsageError, match=match):
+        AttentionStem2d(3, 8)(torch.zeros(shape, dtype=dtype))
+
+
+def test_empty_batch_gives_an_empty_output():
+    assert AttentionStem2d(3, 8, stride=2)(torch.zeros(0, 3, 5, 5)).shape == (0, 8, 3, 3)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.layers import direct
+from visionattn.errors import UsageError
 from visionattn.layers import BottleneckAttention
 
 
@@ -48,6 +49,14 @@ def test_bam_output_is_never_below_input_scale():
     assert (ratio >= 1).all() and (ratio <= 2).all()
 
 
-def test_rejects_bad_combine():
-    with pytest.raises(ValueError, match="combine"):
-        BottleneckAttention(8, combine="max")
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"combine": "max"}, "combine: got 'max', needed one of 'mul', 'add'"),
+    ({"combine": "mull"}, "combine: got 'mull'.*did you mean 'mul'"),
+    ({"dilation": 0}, "dilation must be an integer >= 1, got 0"),
+    ({"num_dilated": -1}, "num_dilated must be an integer >= 0, got -1"),
+    ({"rd_ratio": 0.0}, "rd_ratio must be a finite number > 0, got 0.0"),
+])
+def test_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        BottleneckAttention(8, **kwargs)

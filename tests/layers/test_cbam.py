@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.layers import direct
+from visionattn.errors import UsageError
 from visionattn.layers import CbamChannelAttention, CbamSpatialAttention, ConvBlockAttention
 
 
@@ -28,7 +29,8 @@ def _spatial_expected(layer: CbamSpatialAttention, x):
         z1[:, 0] += x[:, i] / c
         z2[:, 0] = torch.maximum(z2[:, 0], x[:, i])
     k = layer.conv.kernel_size[0]
-    v = direct.conv2d(torch.cat([z1, z2], 1), layer.conv.weight, layer.conv.bias, padding=k // 2)
+    # the official code's order: the max map is the convolution's input channel 0, the mean map channel 1
+    v = direct.conv2d(torch.cat([z2, z1], 1), layer.conv.weight, layer.conv.bias, padding=k // 2)
     if isinstance(layer.bn, torch.nn.BatchNorm2d):
         v = direct.batch_norm_eval(v, layer.bn)
     return x * direct.sigmoid(v)  # eq. 4.7, 4.8
@@ -54,6 +56,15 @@ def test_spatial_part_matches_equations(norm):
     torch.testing.assert_close(layer(x), _spatial_expected(layer, x))
 
 
+def test_spatial_input_order_is_max_then_mean():
+    layer = CbamSpatialAttention(8, kernel_size=1, norm=False).double()
+    with torch.no_grad():
+        layer.conv.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))  # reads input channel 0 only
+        layer.conv.bias.zero_()
+    x = _x()
+    torch.testing.assert_close(layer.attention(x), direct.sigmoid(x.amax(dim=1, keepdim=True)))
+
+
 def test_cbam_is_channel_then_spatial():
     layer = ConvBlockAttention(8, rd_ratio=0.5, kernel_size=3).double()
     direct.randomize_batch_norms(layer)
@@ -64,6 +75,16 @@ def test_cbam_is_channel_then_spatial():
     assert ConvBlockAttention(64).spatial.conv.weight.shape == (1, 2, 7, 7)  # paper default k = 7
 
 
-def test_rejects_even_kernel():
-    with pytest.raises(ValueError, match="kernel_size must be odd"):
-        CbamSpatialAttention(8, kernel_size=6)
+@pytest.mark.bad_input
+@pytest.mark.parametrize("layer,kwargs,match", [
+    (CbamSpatialAttention, {"kernel_size": 6}, "kernel_size must be odd"),
+    (CbamSpatialAttention, {"kernel_size": 0}, "kernel_size must be an integer >= 1, got 0"),
+    (CbamSpatialAttention, {"norm": "no"}, "norm must be True or False, got 'no'"),
+    (CbamChannelAttention, {"bias": None}, "bias must be True or False, got None"),
+    (CbamChannelAttention, {"rd_ratio": float("inf")}, "rd_ratio: got inf, needed a finite number"),
+    (ConvBlockAttention, {"gate_layer": "sigmiod"}, "gate_layer: 'sigmiod' is not a known activation; did you mean "
+                                                     "'sigmoid'"),
+])
+def test_rejects_bad_arguments(layer, kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        layer(8, **kwargs)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import visionattn
+from visionattn.errors import UsageError
 from visionattn.layers import CondConv2d
 
 
@@ -52,6 +53,7 @@ def test_defaults_and_parameter_count():
     assert sum(p.numel() for p in layer.parameters()) == 8 * 16 * 16 * 9 + (16 * 8 + 8)
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs,match", [
     ({"channels": 6, "groups": 4}, "channels must be divisible by groups=4"),
     ({"channels": 8, "out_channels": 6, "groups": 4}, "out_channels must be divisible by groups=4"),
@@ -59,9 +61,12 @@ def test_defaults_and_parameter_count():
     ({"channels": 8, "padding": -1}, "padding"),
     ({"channels": 8, "num_experts": 0}, "num_experts"),
     ({"channels": 8, "stride": 0}, "stride"),
+    ({"channels": 8, "padding": (1, 1, 1)}, "padding must be None, an int or a pair of ints"),
+    ({"channels": 8, "bias": 1}, "bias must be True or False, got 1"),
+    ({"channels": 8, "kernel_size": (3, 0)}, "kernel_size must be an integer >= 1, got 0"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         CondConv2d(**kwargs)
 
 

@@ -75,6 +75,31 @@ def test_eval_batch_independence(name, variant):
 
 
 @pytest.mark.parametrize("name,variant", CASES)
+def test_empty_batch_gives_an_empty_output(name, variant):
+    layer = _build(name, variant, SIZES[0])
+    x = _input(name, SIZES[0], batch=0)
+    testing.check_empty_batch(layer, x, _expected(name, variant, x))
+
+
+@pytest.mark.parametrize("name,variant", CASES)
+def test_batch_of_one_in_training_works_or_says_why(name, variant):
+    layer = _build(name, variant, SIZES[0])
+    x = _input(name, SIZES[0], batch=1)
+    worked = testing.check_batch_of_one(layer, x, _expected(name, variant, x))
+    # those whose BatchNorm normalises a pooled map cannot train on one sample; every other layer can
+    assert worked == (name not in BATCH_NORM_OVER_POOLED or _gathers_to_more_than_1x1(name, variant))
+
+
+BATCH_NORM_OVER_POOLED = {"bam", "ge_theta", "ge_theta_plus", "sk", "splat", "splat0"}
+
+
+def _gathers_to_more_than_1x1(name: str, variant: dict[str, Any]) -> bool:
+    """GE-theta with a local extent e gathers an 8x8 map to (8 / e)^2 positions: a BatchNorm sees several."""
+    extent = variant.get("extent", 0)
+    return name.startswith("ge_theta") and 0 < extent < min(SIZES[0])
+
+
+@pytest.mark.parametrize("name,variant", CASES)
 def test_bf16_forward(name, variant):
     layer = _build(name, variant, SIZES[0])
     testing.check_bf16(layer, _input(name, SIZES[0]))

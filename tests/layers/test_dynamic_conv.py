@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import visionattn
+from visionattn.errors import UsageError
 from visionattn.layers import DynamicConv2d, TemperatureSchedule, set_temperature
 
 
@@ -60,9 +61,10 @@ def test_paper_defaults():
     assert (layer.router[0].out_features, type(layer.router[1])) == (4, nn.ReLU)  # FC C -> C / 4, ReLU
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True])
 def test_bad_temperature_raises_value_error(value):
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+    with pytest.raises(UsageError, match="temperature must be a finite number > 0"):
         DynamicConv2d(4, temperature=value)
     layer = DynamicConv2d(4)
     with pytest.raises(ValueError, match="temperature"):
@@ -70,13 +72,17 @@ def test_bad_temperature_raises_value_error(value):
     assert layer.temperature == 30.0
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs,match", [
     ({"channels": 6, "groups": 4}, "channels must be divisible by groups=4"),
     ({"channels": 8, "kernel_size": 2}, "kernel_size must be odd"),
     ({"channels": 8, "rd_ratio": 0}, "rd_ratio"),
+    ({"channels": 8, "rd_channels": 0}, "rd_channels must be an integer >= 1, got 0"),
+    ({"channels": 8, "act_layer": torch.nn.ReLU()}, "act_layer must be a name or an nn.Module class, got the "
+                                                    "instance ReLU.*pass ReLU .the class."),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         DynamicConv2d(**kwargs)
 
 

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+import visionattn
 from tests.layers import direct
+from visionattn.errors import UsageError
 from visionattn.layers import EfficientChannelAttention, eca_kernel_size
 
 
@@ -35,7 +37,30 @@ def test_fixed_kernel_size_and_no_bias():
     assert sum(p.numel() for p in layer.parameters()) == 9
 
 
-@pytest.mark.parametrize("kwargs", [{"kernel_size": 4}, {"kernel_size": 0}, {"gamma": 0}])
-def test_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError, match="kernel_size|gamma"):
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"kernel_size": 4}, "kernel_size must be odd so the 1-D convolution keeps C outputs, got 4"),
+    ({"kernel_size": 0}, "kernel_size must be an integer >= 1, got 0"),
+    ({"kernel_size": 3.0}, "kernel_size must be an integer >= 1, got 3.0"),
+    ({"gamma": 0}, "gamma: got 0, needed a positive number"),
+    ({"gamma": float("inf")}, "gamma: got inf, needed a finite number"),
+    ({"beta": float("nan")}, "beta: got nan, needed a finite number"),
+    ({"gate_layer": "hard_sigmod"}, "gate_layer: 'hard_sigmod' is not a known activation; did you mean "
+                                    "'hard_sigmoid'"),
+])
+def test_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(UsageError, match=match):
         EfficientChannelAttention(64, **kwargs)
+
+
+def test_official_checkpoint_layout_is_registered():
+    """eca_resnet50 follows eq. 3.5 per layer ([5, 5, 5, 7]); eca_resnet50_k3557 the official checkpoint."""
+    def kernels(name):
+        with torch.device("meta"):
+            model = visionattn.create_model(name)
+        return [sorted({b.attn.kernel_size for b in stage if hasattr(b, "attn")}) for stage in model.stages]
+
+    assert kernels("eca_resnet50") == [[5], [5], [5], [7]]
+    assert kernels("eca_resnet50_k3557") == [[3], [5], [5], [7]]
+    assert kernels("eca_resnet101_k3357") == [[3], [3], [5], [7]]
+    assert kernels("eca_resnet152_k3357") == [[3], [3], [5], [7]]

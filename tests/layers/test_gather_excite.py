@@ -5,6 +5,7 @@ import torch
 
 from tests.layers import direct
 from visionattn import create_attn
+from visionattn.errors import UsageError
 from visionattn.layers import GatherExcite
 
 
@@ -77,13 +78,24 @@ def test_theta_plus_matches_equation_6_4(extent):
     direct.randomize_batch_norms(layer)
     layer.eval()
     x = _x(*size, c=8)
-    z = _theta_gather_direct(layer, x)
+    z = direct.relu(_theta_gather_direct(layer, x))  # the official prototxt's gather/relu before the MLP
     b, c, h, w = z.shape
     zz = z.permute(0, 2, 3, 1).reshape(-1, c)  # the 1x1 convolutions act at every gathered position
     m = direct.linear(direct.relu(direct.linear(zz, layer.mlp.fc1.weight, layer.mlp.fc1.bias)),
                       layer.mlp.fc2.weight, layer.mlp.fc2.bias)
     m = m.reshape(b, h, w, c).permute(0, 3, 1, 2)
     torch.testing.assert_close(layer(x), x * direct.sigmoid(direct.nearest_upsample(m, size)))
+
+
+@pytest.mark.parametrize("extent", [0, 2, 4])
+def test_only_theta_plus_ends_its_gather_with_a_relu(extent):
+    theta = create_attn("ge_theta", 8, extent=extent, spatial_size=4)
+    plus = create_attn("ge_theta_plus", 8, extent=extent, spatial_size=4)
+    assert isinstance(theta.gather[-1], torch.nn.BatchNorm2d)
+    assert isinstance(plus.gather[-1], torch.nn.ReLU)
+    assert len(plus.gather) == len(theta.gather) + 1  # the parameters keep their state-dict keys
+    assert [n for n, _ in plus.named_parameters()][:len(list(theta.parameters()))] == \
+        [n for n, _ in theta.named_parameters()]
 
 
 def test_theta_global_parameter_count():
@@ -98,15 +110,21 @@ def test_theta_depth_is_log2_extent():
         assert sum(isinstance(m, torch.nn.Conv2d) for m in layer.gather) == n
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs,match", [
-    ({"extent": 3}, "power of two"),
-    ({"extent": 1}, "power of two"),
-    ({"extent": -2}, "power of two"),
-    ({"extra_params": True}, "spatial_size"),
-    ({"use_mlp": True}, "extra_params"),
+    ({"extent": 3}, "extent must be 0 .global. or a power of two >= 2, got 3"),
+    ({"extent": 1}, "power of two >= 2, got 1"),
+    ({"extent": -2}, "power of two >= 2, got -2"),
+    ({"extent": 2.0}, "power of two >= 2, got 2.0"),
+    ({"extra_params": True}, "needs spatial_size=.H, W."),
+    ({"use_mlp": True}, "use_mlp=True .GE-theta-plus. needs extra_params=True"),
+    ({"extra_params": "yes", "extent": 2}, "extra_params must be True or False, got 'yes'"),
+    ({"extra_params": True, "spatial_size": (4,)}, "spatial_size must be an int or a pair of ints, got .4,."),
+    ({"extra_params": True, "spatial_size": 0}, "spatial_size must be an integer >= 1, got 0"),
+    ({"extra_params": True, "use_mlp": True, "extent": 2, "rd_ratio": -0.5}, "rd_ratio must be a finite number > 0"),
 ])
 def test_rejects_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         GatherExcite(8, **kwargs)
 
 

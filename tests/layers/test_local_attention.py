@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 import visionattn.kernels.flex_local_attention as flex
 import visionattn.layers.local_attention as la
 from visionattn.complexity import count_macs
+from visionattn.errors import UsageError
 from visionattn.kernels.local_attention import _fwd, kernel_available, kernel_scratch_peak_bytes
 from visionattn.layers.local_attention import LocalSelfAttention2d, local_attention
 from visionattn.layers.local_attention_ref import (
@@ -151,13 +154,22 @@ def test_flex_window_offsets_written_out():
 
 @pytest.mark.parametrize("border", BORDERS)
 def test_flex_compiled_forward_matches_reference_on_cpu(border):
-    """torch 2.13 compiles FlexAttention's forward on the CPU (no backward there): the same kernel source
-    that runs on CUDA, checked here for the forward."""
+    """torch 2.13 compiles FlexAttention's forward on the CPU (no backward there): our block mask, mask_mod and
+    score_mod through the real flex_attention, checked here for the forward. Users cannot take this route
+    (impl="flex" is refused on the CPU); the check calls the path's own function."""
     inputs = _inputs(2, 2, 4, 6, 5, 3, border, dtype=torch.float32)
+    qkv, rows, cols = inputs
     with torch.no_grad():
-        got = local_attention(*inputs, 2, 3, border, 0.6, impl="flex")
+        got = flex.flex_local_attention(qkv, relative_table(rows, cols), 2, 3, border, 0.6)
         want = local_attention(*inputs, 2, 3, border, 0.6, impl="reference")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.bad_input
+def test_flex_is_refused_on_the_cpu():
+    inputs = _inputs(1, 2, 2, 5, 5, 3, "mask", dtype=torch.float32)
+    with pytest.raises(UsageError, match=r"impl: 'flex' runs on CUDA \(with Triton\) only, got cpu.*impl='kernel'"):
+        local_attention(*inputs, 2, 3, "mask", 0.6, impl="flex")
 
 
 def test_auto_takes_flex_where_it_has_a_backward(monkeypatch):
@@ -288,12 +300,48 @@ def test_relative_embedding_is_row_then_column_halves():
     assert not rows[1].any() and not cols[0].any()
 
 
-@pytest.mark.parametrize("kwargs,match", [({"kernel_size": 4}, "odd"), ({"heads": 3}, "divisible by heads"),
-                                          ({"border": "reflect"}, "border"), ({"groups": 2}, "groups"),
-                                          ({"impl": "cuda"}, "impl"), ({"out_channels": 7, "heads": 7}, "even")])
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"kernel_size": 4}, "kernel_size must be odd"), ({"kernel_size": 0}, "kernel_size must be an integer >= 1"),
+    ({"kernel_size": 3.0}, "kernel_size must be an integer"), ({"heads": 3}, "divisible by heads.*heads=3"),
+    ({"heads": 0}, "heads must be an integer >= 1"), ({"border": "clmap"}, "border: .*did you mean 'clamp'"),
+    ({"groups": 2}, "groups must be 1"), ({"impl": "refrence"}, "impl: .*did you mean 'reference'"),
+    ({"out_channels": 7, "heads": 7}, "out_channels must be even"), ({"stride": 0}, "stride must be an integer"),
+    ({"qk_scale": float("nan")}, "qk_scale: got nan, needed a finite number"),
+    ({"qk_scale": 0.0}, "qk_scale: got 0.0, needed a positive number"),
+    ({"qk_scale": "0.5"}, "qk_scale: got '0.5', needed a finite number")])
 def test_bad_arguments_raise(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        LocalSelfAttention2d(8, **kwargs)
+    with pytest.raises(UsageError, match=match):
+        LocalSelfAttention2d(8, **{"heads": 2, **kwargs})
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("shape,dtype,match", [
+    ((1, 8, 0, 5), torch.float32, "at least 1x1 pixels"), ((2, 8, 4, 0), torch.float32, "at least 1x1 pixels"),
+    ((1, 8, 5, 5), torch.int64, "floating-point input, got torch.int64"), ((8, 5, 5), torch.float32, "4-D input"),
+    ((1, 6, 5, 5), torch.float32, "8 input channels")])
+def test_bad_inputs_raise(shape, dtype, match):
+    layer = LocalSelfAttention2d(8, kernel_size=3, heads=2, impl="reference")
+    with pytest.raises(UsageError, match=match):
+        layer(torch.zeros(shape, dtype=dtype))
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kwargs,match", [({"impl": "kernal"}, "impl: .*did you mean 'kernel'"),
+                                          ({"border": "zeros"}, "border: .*did you mean 'zero'")])
+def test_bad_function_arguments_raise(kwargs, match):
+    """The functional form checks its names before choosing a path (the kernel's border table gave a KeyError)."""
+    qkv, rows, cols = _inputs(1, 2, 2, 4, 4, 3, "mask", dtype=torch.float32)
+    with pytest.raises(UsageError, match=match):
+        local_attention(qkv, rows, cols, 2, 3, **kwargs)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_empty_batch_gives_an_empty_output(impl):
+    if impl == "kernel" and not kernel_available():
+        pytest.skip("no kernel")
+    layer = LocalSelfAttention2d(8, kernel_size=3, heads=2, stride=2, impl=impl)
+    assert layer(torch.zeros(0, 8, 5, 5)).shape == (0, 8, 3, 3)
 
 
 def test_fallback_warns_and_matches_reference(monkeypatch):
@@ -318,3 +366,27 @@ def test_flop_count_is_projection_plus_attention(impl):
     projection = 3 * c * c * h * w
     attention = 2 * c * h * w * k * k  # q . (k + r) and the weighted sum of values, per output element
     assert count_macs(layer, torch.randn(1, c, h, w)) == projection + attention
+
+
+def test_importing_the_layers_does_not_import_dynamo():
+    """torch._dynamo (about 2 s) is imported only by a compiled call: window_index makes its compiler-disabled
+    wrapper on first need, and FlexAttention and the C++ build machinery load on first use."""
+    code = ("import sys, visionattn.layers, visionattn.models\n"
+            "heavy = [m for m in ('torch._dynamo', 'torch._inductor', 'torch.utils.cpp_extension',"
+            " 'torch.nn.attention.flex_attention') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_window_index_stays_outside_a_compiled_graph():
+    """Under torch.compile the index bookkeeping runs eagerly (a graph break), and the result is the eager one."""
+    import torch._dynamo.testing
+
+    counter = torch._dynamo.testing.CompileCounter()
+    qkv, rel = _table_inputs(1, 1, 2, 4, 5, 3, "mask", dtype=torch.float32)
+
+    def fn(qkv, rel):
+        return local_attention_reference(*qkv.chunk(3, dim=1), rel, 3, "mask")
+
+    torch.testing.assert_close(torch.compile(fn, backend=counter, dynamic=False)(qkv, rel), fn(qkv, rel))
+    assert counter.frame_count >= 2  # the graph before the break and the one after it

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import visionattn
 from tests.layers.direct import batch_norm_eval, eval_with_trained_batch_norms
+from visionattn.errors import UsageError
 from visionattn.layers import SelectiveKernel
 
 
@@ -71,6 +72,7 @@ def test_paper_defaults():
     assert SelectiveKernel(64, rd_channels=8).fuse.fc.out_features == 8
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs,match", [
     ({"channels": 48}, "channels must be divisible by groups=32"),
     ({"channels": 32, "out_channels": 40}, "out_channels must be divisible by groups=32"),
@@ -79,9 +81,14 @@ def test_paper_defaults():
     ({"channels": 32, "rd_ratio": 0}, "rd_ratio"),
     ({"channels": 32, "min_rd": 0}, "min_rd"),
     ({"channels": 0}, "channels"),
+    ({"channels": 32, "groups": 0}, "groups must be an integer >= 1, got 0"),
+    ({"channels": 32, "stride": 0}, "stride must be an integer >= 1, got 0"),
+    ({"channels": 32, "dilation": (1, 0)}, "dilation must be an integer >= 1, got 0"),
+    ({"channels": 32, "rd_ratio": float("nan")}, "rd_ratio: got nan, needed a finite number"),
+    ({"channels": 32, "act_layer": "rellu"}, "act_layer: 'rellu' is not a known activation; did you mean 'relu'"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         SelectiveKernel(**kwargs)
 
 

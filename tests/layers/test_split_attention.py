@@ -9,6 +9,7 @@ from torch import nn
 
 import visionattn
 from tests.layers.direct import eval_with_trained_batch_norms
+from visionattn.errors import UsageError
 from visionattn.layers import SplitAttention, SplitAttention0
 
 
@@ -81,6 +82,7 @@ def test_resnest_defaults_and_parameter_count():
     assert sum(p.numel() for p in layer.parameters()) == 36864 + 256 + 2080 + 64 + 4224
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs,match", [
     ({"channels": 5}, "channels must be divisible by groups \\* radix = 1 \\* 2"),
     ({"channels": 8, "groups": 8}, "channels must be divisible by groups \\* radix = 8 \\* 2"),
@@ -89,9 +91,12 @@ def test_resnest_defaults_and_parameter_count():
     ({"channels": 8, "radix": 0}, "radix"),
     ({"channels": 8, "groups": 2, "rd_channels": 5}, "rd_channels must be divisible by groups=2"),
     ({"channels": 8, "rd_ratio": -1.0}, "rd_ratio"),
+    ({"channels": 8, "bias": "false"}, "bias must be True or False, got 'false'"),
+    ({"channels": 8, "min_rd": 0}, "min_rd must be an integer >= 1, got 0"),
+    ({"channels": 8, "stride": -1}, "stride must be an integer >= 1, got -1"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(UsageError, match=match):
         SplitAttention(**kwargs)
 
 

@@ -5,6 +5,7 @@ import torch
 
 from tests.layers import direct
 from visionattn import create_attn
+from visionattn.errors import UsageError
 from visionattn.layers import SEVar1, SEVar2, SEVar3, SqueezeExcite
 
 
@@ -70,8 +71,26 @@ def test_se_var3_is_full_matrix():
     assert layer.fc.weight.numel() == 64
 
 
-@pytest.mark.parametrize("kwargs", [{"channels": 0}, {"channels": 8, "rd_ratio": 0}, {"channels": 8, "rd_ratio": -1},
-                                    {"channels": 8, "rd_channels": 0}, {"channels": 8, "act_layer": "nope"}])
-def test_se_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
-        SqueezeExcite(**kwargs)
+@pytest.mark.bad_input
+@pytest.mark.parametrize("layer,kwargs,match", [
+    (SqueezeExcite, {"channels": 0}, "channels must be an integer >= 1, got 0"),
+    (SqueezeExcite, {"channels": 8.0}, "channels must be an integer >= 1, got 8.0"),
+    (SqueezeExcite, {"channels": 8, "rd_ratio": 0}, "rd_ratio must be a finite number > 0, got 0"),
+    (SqueezeExcite, {"channels": 8, "rd_ratio": -1}, "rd_ratio must be a finite number > 0, got -1"),
+    (SqueezeExcite, {"channels": 8, "rd_ratio": float("inf")}, "rd_ratio: got inf, needed a finite number"),
+    (SqueezeExcite, {"channels": 8, "rd_ratio": "1/16"}, "rd_ratio: got '1/16', needed a finite number"),
+    (SqueezeExcite, {"channels": 8, "rd_channels": 0}, "rd_channels must be an integer >= 1, got 0"),
+    (SqueezeExcite, {"channels": 8, "rd_divisor": 0}, "rd_divisor must be an integer >= 1, got 0"),
+    (SqueezeExcite, {"channels": 8, "act_layer": "nope"}, "act_layer: 'nope' is not a known activation; choose"),
+    (SqueezeExcite, {"channels": 8, "rd_channels": 2.5}, "rd_channels must be an integer >= 1, got 2.5"),
+    (SqueezeExcite, {"channels": 8, "act_layer": "sillu"}, "act_layer: 'sillu'.*did you mean 'silu'"),
+    (SqueezeExcite, {"channels": 8, "act_layer": 3}, "act_layer must be a name, an nn.Module class or None, got 3"),
+    (SqueezeExcite, {"channels": 8, "gate_layer": torch.nn.Sigmoid()}, "gate_layer must be a name or an nn.Module "
+                                                                       "class, got the instance"),
+    (SqueezeExcite, {"channels": 8, "bias": "yes"}, "bias must be True or False, got 'yes'"),
+    (SEVar2, {"channels": 8, "bias": 0}, "bias must be True or False, got 0"),
+    (SEVar3, {"channels": 8, "gate_layer": "sigmoidd"}, "gate_layer: 'sigmoidd'.*did you mean 'sigmoid'"),
+])
+def test_rejects_bad_arguments(layer, kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        layer(**kwargs)

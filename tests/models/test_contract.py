@@ -56,6 +56,22 @@ def test_model_contract(name):
     testing.check_batch_independence(model, _images(input_size, batch=3, seed=2), atol=1e-4)
 
 
+@pytest.mark.parametrize("name", visionattn.list_models())
+def test_every_convolution_is_he_initialised(name):
+    """One rule for every 2-D convolution of every network, the attention layers' own included (SK's branches,
+    SplAt, excite MLPs, SASA's projections, each CondConv / dynamic-conv expert): He, fan-out, ReLU gain.
+
+    Exempt, as in torchvision, timm and the official codes: linear layers (classifier, SK's fuse/select,
+    routers), ECA's 1-D kernel, embeddings, and BatchNorm (zero_init_last zeroes a BN weight, not a conv). The
+    rule does not depend on depth or width, so each network is built with one block per stage of 16 planes.
+    """
+    layers = get_model_entry(name).defaults.get("layers", ())
+    torch.manual_seed(0)
+    model, _ = build_for_input(name, CONTRACT_INPUT, num_classes=7, layers=(1,) * len(layers),
+                               widths=(16,) * len(layers), zero_init_last=True)
+    testing.check_he_init(model)
+
+
 def test_every_model_is_documented():
     for name in visionattn.list_models():
         entry = get_model_entry(name)

@@ -39,6 +39,12 @@ def test_stage_rows_add_up_to_the_totals():
     assert sum(r["macs"] for r in info.rows) == info.macs > 0
 
 
-def test_info_rejects_a_bad_input(capsys):
-    with pytest.raises(ValueError, match="CxHxW"):
-        main(["info", "resnet20", "--input", "28x28x"])
+@pytest.mark.bad_input
+@pytest.mark.parametrize("argv,match", [
+    (["resnet20", "--input", "28x28x"], "--input: got '28x28x', needed CxHxW"),
+    (["resnet5"], "unknown model name 'resnet5'; did you mean"),
+])
+def test_info_rejects_a_bad_input(capsys, argv, match):
+    assert main(["info", *argv]) == 2  # one line on stderr, no traceback
+    err = capsys.readouterr().err
+    assert re.search(match, err) and "Traceback" not in err

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import visionattn
+from visionattn.errors import UsageError
 from visionattn.layers import (
     BottleneckAttention,
     CondConv2d,
@@ -136,22 +137,69 @@ def test_zero_init_last_zeroes_each_branchs_last_bn():
     assert torch.isfinite(model(x)).all()
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("kwargs,match", [
-    ({"block": "dense"}, "block must be one of"),
+    ({"block": "dense"}, "block: got 'dense', needed one of 'basic', 'bottleneck'"),
+    ({"block": "basik"}, "block: got 'basik'.*did you mean 'basic'"),
     ({"layers": (2, 2), "widths": (64,)}, "one entry per stage"),
+    ({"layers": (), "widths": ()}, "one entry per stage"),
+    ({"layers": 3}, "layers must be a sequence of ints, one per stage, got 3"),
+    ({"layers": (3, 0, 3, 3)}, "layers must be an integer >= 1, got 0"),
+    ({"widths": (64, 128, 256, 0)}, "widths must be an integer >= 1, got 0"),
+    ({"widths": "64"}, "widths must be a sequence of ints"),
     ({"attn": "nope"}, "unknown attention layer name 'nope'"),
+    ({"attn": "sse"}, "unknown attention layer name 'sse'; did you mean 'se'"),
     ({"attn": "se", "attn_where": "conv"}, "attn_where='conv' does not fit 'se'"),
     ({"attn": "sk", "attn_where": "block"}, "attn_where='block' does not fit 'sk'"),
+    ({"attn": "bam", "attn_where": "conv"}, "attn_where='conv' does not fit 'bam'"),
     ({"attn_kwargs": {"rd_ratio": 0.5}}, "need an attn layer"),
-    ({"attn": "se", "attn_where": "everywhere"}, "attn_where must be one of"),
-    ({"stem_type": "wide"}, "stem_type must be"),
-    ({"num_classes": -1}, "num_classes"),
+    ({"attn_where": "block"}, "need an attn layer"),
+    ({"attn": "se", "attn_where": "everywhere"}, "attn_where: got 'everywhere', needed one of 'block', 'stage', "
+                                                 "'conv'"),
+    ({"attn": "se", "attn_where": "blok"}, "attn_where: got 'blok'.*did you mean 'block'"),
+    ({"attn": "se", "attn_kwargs": {"rd_ration": 0.5}}, "attn_kwargs: 'se' takes no keyword 'rd_ration'; did you "
+                                                        "mean 'rd_ratio'"),
+    ({"attn": "se", "attn_kwargs": [("rd_ratio", 0.5)]}, "attn_kwargs must be a mapping"),
+    ({"attn": "se", "attn_kwargs": {"channels": 8}}, "attn_kwargs: 'channels' is set by the network"),
+    ({"attn": "sk", "attn_kwargs": {"stride": 2}}, "attn_kwargs: 'stride' is set by the network"),
+    ({"attn": "condconv", "attn_kwargs": {"kernel_size": 5}}, "attn_kwargs: 'kernel_size' is set by the network"),
+    ({"attn": "se", "attn_kwargs": {"rd_ratio": 0}}, "rd_ratio must be a finite number > 0, got 0"),
+    ({"attn": "eca", "attn_stage_kwargs": [{"kernel_size": 3}] * 3}, "attn_stage_kwargs needs one mapping per "
+                                                                      "stage .4., got 3"),
+    ({"attn": "eca", "attn_stage_kwargs": {"kernel_size": 3}}, "attn_stage_kwargs must be a list of mappings"),
+    ({"attn": "eca", "attn_stage_kwargs": [{"kernel": 3}] * 4}, "attn_stage_kwargs: 'eca' takes no keyword "
+                                                                "'kernel'; did you mean 'kernel_size'"),
+    ({"attn_stage_kwargs": [{}] * 4}, "need an attn layer"),
+    ({"stem_type": "wide"}, "stem_type: got 'wide', needed one of 'basic', 'deep'"),
+    ({"num_classes": -1}, "num_classes must be an integer >= 0, got -1"),
+    ({"num_classes": 2.5}, "num_classes must be an integer >= 0, got 2.5"),
+    ({"in_chans": 0}, "in_chans must be an integer >= 1, got 0"),
+    ({"img_size": (224, -3)}, "img_size must be an integer >= 1, got -3"),
+    ({"img_size": None}, "img_size must be an int or a pair of ints, got None"),
+    ({"drop_rate": 1.0}, r"drop_rate: got 1.0, needed a value in \[0.0, 1.0\)"),
+    ({"drop_rate": "0.1"}, "drop_rate: got '0.1', needed a finite number"),
+    ({"drop_rate": float("nan")}, "drop_rate: got nan, needed a finite number"),
+    ({"zero_init_last": "yes"}, "zero_init_last must be True or False, got 'yes'"),
+    ({"small_input": 1}, "small_input must be True or False, got 1"),
+    ({"groups": 0}, "groups must be an integer >= 1, got 0"),
+    ({"base_width": 0}, "base_width must be an integer >= 1, got 0"),
+    ({"stem_width": 0}, "stem_width must be an integer >= 1, got 0"),
     ({"block": "basic", "groups": 32}, "BasicBlock supports groups=1"),
+    ({"avd": True, "stride_in_1x1": True}, "avd and stride_in_1x1 both place the block's stride"),
 ])
-def test_bad_arguments_raise_value_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_raise_usage_errors(kwargs, match):
+    with pytest.raises(UsageError, match=match):
         with torch.device("meta"):
             ResNet(**kwargs)
+
+
+def test_attn_stage_kwargs_set_each_stage():
+    model = _meta("resnet50", attn="eca", attn_stage_kwargs=[{"kernel_size": k} for k in (3, 5, 7, 9)])
+    for stage, k in zip(model.stages, (3, 5, 7, 9)):
+        assert {b.attn.kernel_size for b in stage} == {k}
+    bam = _meta("resnet50", attn="bam", attn_stage_kwargs=[{"dilation": d} for d in (1, 2, 3, 4)])
+    assert [m.spatial.body[3].dilation for m in bam.modules() if isinstance(m, BottleneckAttention)] == [
+        (1, 1), (2, 2), (3, 3)]  # the stage-end layer takes its stage's keywords too
 
 
 def test_wrong_input_channels_raise_a_value_error():

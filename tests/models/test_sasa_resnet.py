@@ -8,6 +8,7 @@ from torch import nn
 
 import visionattn
 from visionattn.complexity import count_params
+from visionattn.errors import UsageError
 from visionattn.layers.attention_stem import AttentionStem2d
 from visionattn.layers.local_attention import LocalSelfAttention2d
 
@@ -55,20 +56,45 @@ def test_attention_stem_replaces_the_stem_convolution(depth):
     model = visionattn.create_model(f"sasa_stem_resnet{depth}")
     stem = model.stem.convs[0]
     assert isinstance(stem, AttentionStem2d)
-    assert (stem.kernel_size, stem.mixtures, stem.stride, stem.out_channels) == (4, 4, 2, 64)
-    assert isinstance(model.stem.pool, nn.MaxPool2d)
+    assert (stem.kernel_size, stem.mixtures, stem.stride, stem.out_channels) == (4, 4, 1, 64)
+    assert isinstance(model.stem.pool, nn.MaxPool2d) and (model.stem.pool.kernel_size, model.stem.pool.stride) == (4, 4)
     # 7x7x3x64 convolution weights out; q, k, 4 value projections, relative and mixture embeddings in
     assert conv_stem - count_params(model) == 7 * 7 * 3 * 64 - (6 * 64 * 3 + 4 * 64 + 3 * 4 * 64)
     assert [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)] == []
 
 
-def test_attention_stem_small_input_and_arguments():
+def test_attention_stem_is_attention_batchnorm_then_4x4_max_pool():
+    """Section 4.1: the stem attends at full resolution (extent 4), then BatchNorm and a 4 x 4 max pooling."""
+    torch.manual_seed(0)
+    model = visionattn.create_model("sasa_stem_resnet26", num_classes=10, img_size=32).eval()
+    attn, bn = model.stem.convs
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+        x = torch.randn(2, 3, 18, 17)  # not a multiple of 4: the last pooling window is partial
+        y = torch.nn.functional.batch_norm(attn(x), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                           eps=bn.eps)
+        want = torch.stack([torch.stack([y[..., 4 * i:4 * i + 4, 4 * j:4 * j + 4].amax((-2, -1))
+                                         for j in range(5)], -1) for i in range(5)], -2)
+        out = model.stem(x)
+    assert attn(x).shape[-2:] == (18, 17) and out.shape == (2, 64, 5, 5)
+    assert (y < 0).any() and (out < 0).any()  # no ReLU between the BatchNorm and the pooling
+    torch.testing.assert_close(out, want)
+
+
+def test_attention_stem_small_input():
     torch.manual_seed(0)
     model = visionattn.create_model("sasa_stem_resnet26", num_classes=10, small_input=True, img_size=16)
-    assert model.stem.convs[0].stride == 1
+    assert model.stem.convs[0].stride == 1 and isinstance(model.stem.pool, nn.Identity)
     out = model(torch.randn(2, 3, 16, 16))
     assert out.shape == (2, 10)
-    with pytest.raises(ValueError, match="stem must be one of"):
-        visionattn.create_model("sasa_resnet26", stem="lambda")
-    with pytest.raises(ValueError, match="stem_type"):
-        visionattn.create_model("sasa_resnet26", stem="attention", stem_type="deep")
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("kwargs,match", [
+    ({"stem": "atention"}, "stem: got 'atention', needed one of 'conv', 'attention'; did you mean 'attention'"),
+    ({"stem": "attention", "stem_type": "deep"}, "stem_type='deep', needs 'basic'"),
+    ({"border": "msk"}, "border: got 'msk'.*did you mean 'mask'"),
+    ({"kernel_size": 6}, "kernel_size must be odd"), ({"heads": 5}, "out_channels must be divisible by heads")])
+def test_bad_arguments_raise(kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        visionattn.create_model("sasa_resnet26", num_classes=10, **kwargs)

@@ -7,8 +7,11 @@ trainer index a batch and augment it with batched tensor ops, with no loader pro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+from visionattn.errors import UsageError
 
 __all__ = ["ArrayDataset", "DataSplits"]
 
@@ -51,15 +54,22 @@ class ArrayDataset:
     def subset(self, index: torch.Tensor) -> ArrayDataset:
         return ArrayDataset(self.images[index], self.labels[index], list(self.classes))
 
-    def balanced_subset(self, size: int, seed: int = 0) -> ArrayDataset:
+    def balanced_subset(self, size: int, seed: int = 0, argument: str = "train_subset") -> ArrayDataset:
         """``size`` images, as equally many of each class as the data allows, drawn by a fixed ``seed``.
 
         Every call with the same ``size`` and ``seed`` returns the same images, so runs with different training
         seeds (a comparison's) see the same subset.
+
+        Raises:
+            UsageError: ``size`` (named ``argument`` in the message) is below the number of classes present, so
+                some class would get no image, or above the number of images, so the run would not train on
+                ``size`` images as it says.
         """
-        if size < 1:
-            raise ValueError(f"subset size: got {size}, needed at least 1")
-        if size >= len(self):
+        present = int(torch.unique(self.labels).numel())
+        if isinstance(size, bool) or not isinstance(size, int) or not max(present, 1) <= size <= len(self):
+            raise UsageError(f"{argument}: got {size!r}, needed a whole number of images from {max(present, 1)} "
+                             f"(one of each of the {present} classes) to {len(self)} (all the training images)")
+        if size == len(self):
             return self
         order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
         # rank of each image within its class in the random order; taking ranks round by round balances classes
@@ -82,6 +92,8 @@ class DataSplits:
         test: the split the run reports accuracy on (the test set, or the validation folder or split).
         source: where the data came from (a directory).
         skipped: files that could not be read and were left out, as ``"path: reason"``.
+        ignored: files that are not images by their name (``notes.txt``), left out without trying to read them.
+        layout: how the source was read, for the run log (e.g. which folder layout, and the held-out share).
     """
 
     name: str
@@ -89,6 +101,8 @@ class DataSplits:
     test: ArrayDataset
     source: str = ""
     skipped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    layout: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -104,4 +118,13 @@ class DataSplits:
         return {"name": self.name, "source": self.source, "classes": list(self.train.classes),
                 "num_classes": self.num_classes, "in_chans": c, "image_size": [h, w],
                 "train_size": len(self.train), "test_size": len(self.test),
-                "skipped_files": len(self.skipped)}
+                "skipped_files": len(self.skipped), "ignored_files": len(self.ignored), "layout": self.layout}
+
+    def notes(self) -> list[str]:
+        """Lines for the run log: the layout that was read and the files left out unread (not the skipped ones)."""
+        lines = [self.layout] if self.layout else []
+        if self.ignored:
+            suffixes = sorted({Path(p).suffix or Path(p).name for p in self.ignored})
+            lines.append(f"ignored {len(self.ignored)} files that are not images by their name "
+                         f"({', '.join(suffixes[:8])}{', ...' if len(suffixes) > 8 else ''}), e.g. {self.ignored[0]}")
+        return lines

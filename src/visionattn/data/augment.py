@@ -14,11 +14,14 @@ exact and a two-process run comparable to a one-process run.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from visionattn.errors import UsageError, check_range
 
 __all__ = ["Augment", "AugmentParams", "Normalize", "channel_stats", "epoch_generator"]
 
@@ -47,8 +50,10 @@ class Normalize:
     """uint8 (B, C, H, W) -> float32 ``(x / 255 - mean) / std`` per channel."""
 
     def __init__(self, mean: list[float], std: list[float]) -> None:
-        if len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"std: got mean {mean} and std {std}, needed equal lengths and positive std")
+        finite = all(isinstance(v, numbers.Real) and math.isfinite(v) for v in [*mean, *std])
+        if not mean or len(mean) != len(std) or not finite or min(std) <= 0:
+            raise UsageError(f"std: got mean {mean} and std {std}, needed one finite mean and one finite positive "
+                             "std per channel")
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -76,10 +81,9 @@ class Augment:
     """
 
     def __init__(self, normalize: Normalize, crop_padding: int = 2, flip: bool = True, erasing: float = 0.0):
-        if crop_padding < 0:
-            raise ValueError(f"crop_padding: got {crop_padding}, needed >= 0")
-        if not 0.0 <= erasing <= 1.0:
-            raise ValueError(f"erasing: got {erasing}, needed a probability in [0, 1]")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise UsageError(f"crop_padding: got {crop_padding!r}, needed a whole number of pixels >= 0")
+        check_range("erasing", erasing, 0.0, 1.0)
         self.normalize, self.crop_padding, self.flip, self.erasing = normalize, crop_padding, flip, erasing
 
     def sample(self, n: int, size: tuple[int, int], generator: torch.Generator) -> AugmentParams:

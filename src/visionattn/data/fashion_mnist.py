@@ -9,9 +9,11 @@ before keeping them.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 
 from visionattn.data.arrays import ArrayDataset, DataSplits
 from visionattn.data.idx import DataError, read_idx
+from visionattn.errors import check_positive
 
 __all__ = [
     "CLASSES",
@@ -32,6 +35,7 @@ __all__ = [
     "find_fashion_mnist",
     "load_fashion_mnist",
     "download_fashion_mnist",
+    "check_data_dir",
 ]
 
 CLASSES = [
@@ -99,6 +103,28 @@ def _read_split(folder: Path, images_name: str, labels_name: str) -> ArrayDatase
                         list(CLASSES))
 
 
+def check_data_dir(data_dir: str | os.PathLike | None, download: bool = False) -> None:
+    """``data_dir`` must be a folder, or a path that does not exist yet when ``download`` will create it."""
+    if not data_dir:
+        return
+    path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"data_dir: got {str(path)!r}, which is a file; needed the folder holding the Fashion-MNIST "
+                        f"files ({', '.join(FILES.values())})")
+    if not path.exists() and not download:
+        raise DataError(f"data_dir: got {str(path)!r}, which does not exist; needed the folder holding the "
+                        f"Fashion-MNIST files ({', '.join(FILES.values())}), or --download to fetch them into it")
+
+
+def _download_failed(url: str, err: BaseException) -> DataError:
+    if isinstance(err, urllib.error.URLError) and not isinstance(err, urllib.error.HTTPError):
+        err = err.reason if isinstance(err.reason, BaseException) else err  # the socket's own error says more
+    detail = f"{type(err).__name__}: {err}"
+    return DataError(f"download of {url} failed ({detail}). Without a network, install the Debian package "
+                     "dataset-fashion-mnist (apt-get install dataset-fashion-mnist), or copy the four files "
+                     f"({', '.join(FILES.values())}) into a folder and pass --data-dir FOLDER (or set ${ENV_VAR})")
+
+
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = False) -> DataSplits:
     """Load both splits as uint8 tensors (train 60,000 x 1 x 28 x 28, test 10,000 x 1 x 28 x 28).
 
@@ -106,12 +132,13 @@ def load_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
         data_dir: folder holding the four files (``.gz`` or decompressed); ``None`` searches the usual places.
         download: fetch the official files into ``data_dir`` (or the cache) when they are not found.
     """
+    check_data_dir(data_dir, download)
     try:
         folder = find_fashion_mnist(data_dir)
     except FileNotFoundError:
         if not download:
             raise
-        folder = download_fashion_mnist(data_dir or CACHE_DIR)
+        folder = download_fashion_mnist(data_dir or CACHE_DIR, base_url=OFFICIAL_URL)  # looked up now: tests serve it
     return DataSplits(name="fashion-mnist", source=str(folder),
                       train=_read_split(folder, FILES["train_images"], FILES["train_labels"]),
                       test=_read_split(folder, FILES["test_images"], FILES["test_labels"]))
@@ -134,19 +161,32 @@ def download_fashion_mnist(dest: str | os.PathLike, base_url: str = OFFICIAL_URL
     right sum are not fetched again.
 
     Raises:
-        DataError: a downloaded file whose MD5 differs from ``checksums`` (the file is deleted).
+        DataError: ``dest`` cannot be created or written; a download that fails (no network, an HTTP error, a
+            timeout after ``timeout`` seconds without data, a connection cut short), naming the URL, the error and
+            the ways to do without a network; a downloaded file whose MD5 differs from ``checksums``. Nothing
+            incomplete is kept.
     """
+    check_positive("timeout", timeout)
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     for name, expected in checksums.items():
         target = dest / name
         if target.is_file() and md5sum(target) == expected:
             continue
         url = base_url.rstrip("/") + "/" + name
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-                shutil.copyfileobj(response, out)
+            dest.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
+        except OSError as err:
+            raise DataError(f"data_dir: cannot write the download into {str(dest)!r} ({type(err).__name__}: "
+                            f"{err}); needed a writable folder") from None
+        try:
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+                    shutil.copyfileobj(response, out)
+                    if getattr(response, "length", None):  # read() returns b"" when the server hangs up early
+                        raise ConnectionError(f"connection closed with {response.length} bytes still to come")
+            except (OSError, http.client.HTTPException) as err:  # URLError, HTTPError and timeouts are OSErrors
+                raise _download_failed(url, err) from None
             got = md5sum(Path(tmp))
             if got != expected:
                 raise DataError(f"{url}: MD5 {got}, needed {expected}; the download is corrupt or not the "

@@ -36,6 +36,8 @@ class DataError(UsageError):
 
 
 def _read_bytes(path: Path) -> bytes:
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path}: a folder, needed an IDX file")
     if not path.is_file():
         raise FileNotFoundError(f"IDX file {path} does not exist")
     try:

@@ -9,13 +9,19 @@ weights depend on the pixel's position (a, b) in the window,
     p(a, b, m) = softmax_m( (emb_row(a) + emb_col(b)) . nu^m ),       (eq. 6)
 
 and the attention itself is that of :class:`~visionattn.layers.local_attention.LocalSelfAttention2d` (eq. 2-3,
-logits q . (k + r) with the 2D relative embedding r). The paper's stem is this layer (spatial extent 4,
-4 mixtures) followed by max pooling.
+logits q . (k + r) with the 2D relative embedding r). The paper's stem (section 4.1) is this layer with spatial
+extent 4 and 4 mixtures at the image's full resolution, followed by batch normalisation and a 4 x 4 max pooling
+(:func:`visionattn.models.sasa_resnet.attention_stem` builds it so).
 
 Where the paper leaves a choice open, this implementation picks:
 
-- (a, b) is the key's offset from the query inside its window (the paper's "pooling-window aligned" rows and
-  columns), so p is shared by every query; with the even extent 4 the window spans offsets -2 .. +1.
+- (a, b) is the key's offset from the query inside its window, so p is shared by every query; with the even
+  extent 4 the window spans offsets -2 .. +1. The paper calls its row and column embeddings "pooling-window
+  aligned" and describes the stem as attention "within each 4 x 4 spatial block": read literally, the window
+  would be the fixed 4 x 4 block of the max pooling, with (a, b) the key's place in that block, so that the
+  queries of one block share one window. We keep the sliding window of every other SASA layer (translation
+  equivariant, and the same layer serves any stride); with extent 4 and the 4 x 4 pooling after it, each
+  pooled output still combines windows drawn from a 7 x 7 neighbourhood.
 - emb_row, emb_col and nu^m are ``embed_dim``-wide (default d_out) and shared by the heads.
 - One head by default: on an image the queries and keys are projections of 3 channels, so a head's logit is
   a 3 x 3 bilinear form of two pixels that one head already spans, while the cost (the window products
@@ -36,8 +42,14 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from visionattn.layers.helpers import check_feature_map, check_positive_int
-from visionattn.layers.local_attention import RelativeEmbedding2d
+from visionattn.errors import check_choice
+from visionattn.layers.helpers import check_positive_int
+from visionattn.layers.local_attention import (
+    RelativeEmbedding2d,
+    attention_scale,
+    check_attention_input,
+    check_heads,
+)
 from visionattn.registry import register_attn
 
 __all__ = ["AttentionStem2d", "PositionMixture", "STEM_BORDERS"]
@@ -104,15 +116,12 @@ class AttentionStem2d(nn.Module):
                             ("stride", stride)):
             check_positive_int(name, value)
         embed_dim = out_channels if embed_dim is None else check_positive_int("embed_dim", embed_dim)
-        if out_channels % heads:
-            raise ValueError(f"out_channels must be divisible by heads, got out_channels={out_channels}, "
-                             f"heads={heads}")
-        if border not in STEM_BORDERS:
-            raise ValueError(f"border must be one of {STEM_BORDERS}, got {border!r}")
+        check_heads(out_channels, heads)
+        check_choice("border", border, STEM_BORDERS)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.heads, self.mixtures, self.stride, self.border = (
             kernel_size, heads, mixtures, stride, border)
-        self.scale = (out_channels // heads) ** -0.5 if qk_scale is None else float(qk_scale)
+        self.scale = attention_scale(qk_scale, out_channels // heads)
         self.qk = nn.Conv2d(in_channels, 2 * out_channels, 1, bias=False)
         self.values = nn.Conv2d(in_channels, mixtures * out_channels, 1, bias=False)  # W_V^1 .. W_V^m stacked
         self.rel = RelativeEmbedding2d(out_channels, heads, kernel_size)
@@ -125,7 +134,7 @@ class AttentionStem2d(nn.Module):
         return F.unfold(padded, k).unflatten(1, (x.shape[1], k * k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.in_channels, "AttentionStem2d")
+        check_attention_input(x, self.in_channels, "AttentionStem2d")
         heads, (b, _, height, width) = self.heads, x.shape
         w_q, w_k = rearrange(self.qk.weight, "(two h d) c 1 1 -> two h d c", two=2, h=heads)
         q = torch.matmul(w_q.flatten(0, 1), x.flatten(2)).unflatten(1, (heads, -1))  # (B, heads, d, HW)

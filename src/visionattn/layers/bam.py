@@ -12,10 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from visionattn.errors import check_choice
 from visionattn.layers.helpers import (
     ConvMlp,
     LayerSpec,
     check_feature_map,
+    check_norm_batch,
     check_positive_int,
     create_act,
     get_act_layer,
@@ -93,6 +95,9 @@ class BottleneckAttention(nn.Module):
         gate_layer: gate (paper: sigmoid).
         combine: ``"mul"`` (eq. 5.2 and the official code) or ``"add"`` (the paper's text).
 
+    In training mode the channel branch's BatchNorm sees one pooled value per sample, so a batch needs at least
+    two samples (a UsageError says so otherwise); eval mode takes any batch.
+
     Shape:
         - Input: (B, C, H, W)
         - Output: (B, C, H, W)
@@ -105,9 +110,7 @@ class BottleneckAttention(nn.Module):
         self.channels = check_positive_int("channels", channels)
         check_positive_int("dilation", dilation)
         check_positive_int("num_dilated", num_dilated, minimum=0)
-        if combine not in ("mul", "add"):
-            raise ValueError(f"combine must be 'mul' or 'add', got {combine!r}")
-        self.combine = combine
+        self.combine = check_choice("combine", combine, ("mul", "add"))
         hidden = reduced_channels(channels, rd_ratio, rd_channels, rd_divisor)
         self.channel = BamChannelAttention(channels, hidden, act_layer)
         self.spatial = BamSpatialAttention(channels, hidden, dilation, num_dilated, act_layer)
@@ -116,6 +119,7 @@ class BottleneckAttention(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised attention tensor A of eq. 5.2, shape (B, C, H, W)."""
         check_feature_map(x, self.channels, type(self).__name__)
+        check_norm_batch(self, x)
         a_c, a_s = self.channel(x), self.spatial(x)
         return self.gate(a_c * a_s if self.combine == "mul" else a_c + a_s)
 

@@ -2,7 +2,11 @@
 
 Woo et al. 2018, "CBAM: Convolutional Block Attention Module" (section 4 of the reference tutorial). Channel part:
 eq. 4.1-4.4 (average AND max pooling through one shared MLP, summed, then the gate); spatial part: eq. 4.5-4.8
-(channel-wise mean and max, a k x k convolution to one map, then the gate).
+(channel-wise max and mean, a k x k convolution to one map, then the gate).
+
+The spatial part stacks its two maps as [max, mean], the official code's order (its ``ChannelPool``); the paper
+writes [AvgPool; MaxPool]. The two orders give the same family of functions (the 7x7 kernel's two input channels
+swap), but only the official order loads the official weights correctly.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from torch import nn
 from visionattn.layers.helpers import (
     ConvMlp,
     LayerSpec,
+    check_bool,
     check_feature_map,
+    check_odd,
     check_positive_int,
     create_act,
     reduced_channels,
@@ -65,7 +71,10 @@ class CbamChannelAttention(nn.Module):
 @register_attn("cbam_spatial", paper=_PAPER, family="channel",
                description="CBAM's spatial part: channel mean and max, 7x7 conv, sigmoid pixel gate")
 class CbamSpatialAttention(nn.Module):
-    """CBAM spatial attention (eq. 4.5-4.8): ``x * sigmoid(conv_kxk([mean_c(x); max_c(x)]))``.
+    """CBAM spatial attention (eq. 4.5-4.8): ``x * sigmoid(conv_kxk([max_c(x); mean_c(x)]))``.
+
+    The max map is input channel 0 and the mean map channel 1 of the convolution, as in the official code (the
+    paper writes them the other way round; see the module docstring).
 
     Args:
         channels: input channels C (only checked: the layer has no per-channel parameters).
@@ -83,17 +92,15 @@ class CbamSpatialAttention(nn.Module):
                  gate_layer: LayerSpec = "sigmoid") -> None:
         super().__init__()
         self.channels = check_positive_int("channels", channels)
-        check_positive_int("kernel_size", kernel_size)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd so the attention map keeps the input size, got {kernel_size}")
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not norm)
+        check_odd("kernel_size", kernel_size, "so the attention map keeps the input size")
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not check_bool("norm", norm))
         self.bn = nn.BatchNorm2d(1) if norm else nn.Identity()
         self.gate = create_act(gate_layer, "gate_layer")
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial attention map A (eq. 4.7), shape (B, 1, H, W)."""
         check_feature_map(x, self.channels, type(self).__name__)
-        z = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)  # eq. 4.5-4.6
+        z = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)  # eq. 4.6, 4.5
         return self.gate(self.bn(self.conv(z)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

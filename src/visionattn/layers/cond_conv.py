@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from visionattn.layers.conv_args import check_groups, check_padding, same_padding
-from visionattn.layers.helpers import check_feature_map, check_positive_int, pair
+from visionattn.layers.helpers import check_bool, check_feature_map, check_positive_int, pair
 from visionattn.registry import register_attn
 
 __all__ = ["ExpertConv2d", "CondConv2d", "per_sample_conv2d"]
@@ -36,9 +36,11 @@ def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         stride, padding, dilation, groups: as for ``F.conv2d``.
 
     Shape:
-        - Output: (B, O, H', W')
+        - Output: (B, O, H', W'); an empty batch (B = 0) gives an empty output of that shape
     """
     b = x.shape[0]
+    if b == 0:  # groups * B would be 0 groups; any kernel of the right shape gives the empty output's size
+        return F.conv2d(x, weight.new_zeros(weight.shape[1:]), None, stride, padding, dilation, groups)
     out = F.conv2d(rearrange(x, "b c h w -> 1 (b c) h w"), rearrange(weight, "b o i kh kw -> (b o) i kh kw"),
                    None if bias is None else bias.flatten(), stride, padding, dilation, groups * b)
     return rearrange(out, "1 (b o) h w -> b o h w", b=b)
@@ -77,11 +79,15 @@ class ExpertConv2d(nn.Module):
                         else check_padding(padding))
         self.weight = nn.Parameter(torch.empty(num_experts, self.out_channels, channels // groups,
                                                *self.kernel_size))
-        self.bias = nn.Parameter(torch.empty(num_experts, self.out_channels)) if bias else None
+        self.bias = nn.Parameter(torch.empty(num_experts, self.out_channels)) if check_bool("bias", bias) else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Each expert starts as ``nn.Conv2d`` would (Kaiming-uniform weight, uniform bias)."""
+        """Each expert starts as ``nn.Conv2d`` would (Kaiming-uniform weight, uniform bias).
+
+        A network re-initialises every expert by its rule for convolutions (the ResNets: He, fan-out, per
+        expert, as CondConv's official code initialises each expert like the convolution it replaces).
+        """
         for expert in self.weight:
             nn.init.kaiming_uniform_(expert, a=math.sqrt(5))
         if self.bias is not None:

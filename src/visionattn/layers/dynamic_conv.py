@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionattn.errors import UsageError
 from visionattn.layers.cond_conv import ExpertConv2d
 from visionattn.layers.helpers import LayerSpec, check_positive_int, create_act, reduced_channels
 from visionattn.registry import register_attn
@@ -23,9 +24,9 @@ _PAPER = "Chen et al. 2020, Dynamic Convolution"
 
 
 def check_temperature(value: object, name: str = "temperature") -> float:
-    """Return ``value`` as a float if it is a finite number > 0, else raise a ValueError naming ``name``."""
+    """Return ``value`` as a float if it is a finite number > 0, else raise a UsageError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise UsageError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 

@@ -1,4 +1,8 @@
-"""Pieces every layer shares: argument checks, the bottleneck width, activation lookup, the excite MLP."""
+"""Pieces every layer shares: argument checks, the bottleneck width, activation lookup, the excite MLP.
+
+Every check raises :class:`visionattn.errors.UsageError` (a ``ValueError``) naming the argument, what it got and
+what it needs, so that each layer validates its constructor arguments with the same few calls.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from visionattn.errors import UsageError, check_finite, did_you_mean
+
 __all__ = [
     "LayerSpec",
     "check_positive_int",
+    "check_bool",
+    "check_ratio",
+    "check_norm_batch",
+    "check_odd",
     "check_feature_map",
     "make_divisible",
     "reduced_channels",
@@ -39,10 +49,46 @@ _ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
 
 
 def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise a ValueError naming ``name``."""
+    """Return ``value`` if it is an int >= ``minimum``, else raise a UsageError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool; a string such as ``"no"`` would otherwise count as true."""
+    if not isinstance(value, bool):
+        raise UsageError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_ratio(name: str, value: object) -> float:
+    """Return ``value`` if it is a finite number > 0 (a bottleneck ratio such as ``rd_ratio``)."""
+    check_finite(name, value)  # type: ignore[arg-type]
+    if not value > 0:  # type: ignore[operator]
+        raise UsageError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_odd(name: str, value: object, why: str) -> int:
+    """Return ``value`` if it is an odd int >= 1; ``why`` says what an even one would break."""
+    check_positive_int(name, value)
+    if value % 2 == 0:  # type: ignore[operator]
+        raise UsageError(f"{name} must be odd {why}, got {value}")
+    return value  # type: ignore[return-value]
+
+
+def check_norm_batch(module: nn.Module, x: torch.Tensor, pooled: tuple[int, int] = (1, 1)) -> None:
+    """In training, a BatchNorm over a ``pooled`` map sees ``B * h * w`` values per channel; one is not enough.
+
+    Called at the first line of ``forward`` by layers whose BatchNorm normalises a pooled map, so that batch size
+    1 in training gets a message naming the layer and the way out instead of BatchNorm's own.
+    """
+    if module.training and x.shape[0] * pooled[0] * pooled[1] == 1:
+        where = "a 1x1 pooled map" if pooled == (1, 1) else f"a {pooled[0]}x{pooled[1]} pooled map"
+        raise UsageError(f"{type(module).__name__}: its BatchNorm over {where} needs a batch of at least 2 in "
+                         f"training, got a batch of {x.shape[0]} (input shape {tuple(x.shape)}); train with batch "
+                         f"size >= 2, or call .eval() to use the running statistics")
 
 
 def pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
@@ -50,17 +96,17 @@ def pair(name: str, value: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
     if not (isinstance(value, (tuple, list)) and len(value) == 2):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise UsageError(f"{name} must be an int or a pair of ints, got {value!r}")
     return (check_positive_int(name, value[0]), check_positive_int(name, value[1]))
 
 
 def check_feature_map(x: torch.Tensor, channels: int, layer: str) -> None:
-    """Raise a ValueError unless ``x`` is a (B, ``channels``, H, W) tensor."""
+    """Raise a UsageError unless ``x`` is a (B, ``channels``, H, W) tensor."""
     if x.dim() != 4:
-        raise ValueError(f"{layer} expects a 4-D input (B, C, H, W), got a {x.dim()}-D tensor of shape "
+        raise UsageError(f"{layer} expects a 4-D input (B, C, H, W), got a {x.dim()}-D tensor of shape "
                          f"{tuple(x.shape)}")
     if x.shape[1] != channels:
-        raise ValueError(f"{layer} was built for {channels} input channels, got an input with {x.shape[1]} "
+        raise UsageError(f"{layer} was built for {channels} input channels, got an input with {x.shape[1]} "
                          f"channels (shape {tuple(x.shape)})")
 
 
@@ -87,8 +133,7 @@ def reduced_channels(
     check_positive_int("channels", channels)
     if rd_channels is not None:
         return check_positive_int("rd_channels", rd_channels)
-    if isinstance(rd_ratio, bool) or not isinstance(rd_ratio, (int, float)) or not rd_ratio > 0:
-        raise ValueError(f"rd_ratio must be a number > 0, got {rd_ratio!r}")
+    check_ratio("rd_ratio", rd_ratio)
     check_positive_int("rd_divisor", rd_divisor)
     return make_divisible(channels * rd_ratio, rd_divisor, min_value=1, round_limit=0.0)
 
@@ -101,11 +146,15 @@ def get_act_layer(spec: LayerSpec, name: str = "act_layer") -> Callable[..., nn.
         try:
             return _ACTIVATIONS[spec.lower()]
         except KeyError:
-            raise ValueError(f"{name} {spec!r} is not a known activation; choose one of "
+            hint = did_you_mean(spec.lower(), sorted(_ACTIVATIONS))
+            raise UsageError(f"{name}: {spec!r} is not a known activation{hint}; choose one of "
                              f"{', '.join(sorted(_ACTIVATIONS))} or pass an nn.Module class") from None
+    if isinstance(spec, nn.Module):  # an instance would be shared by every use and called without an input
+        raise UsageError(f"{name} must be a name or an nn.Module class, got the instance {spec!r}; pass "
+                         f"{type(spec).__name__} (the class) instead")
     if callable(spec):
         return spec
-    raise ValueError(f"{name} must be a name, an nn.Module class or None, got {spec!r}")
+    raise UsageError(f"{name} must be a name, an nn.Module class or None, got {spec!r}")
 
 
 def create_act(spec: LayerSpec, name: str = "act_layer") -> nn.Module:
@@ -134,8 +183,8 @@ class ConvMlp(nn.Module):
     def __init__(self, channels: int, hidden: int, act_layer: LayerSpec = "relu", norm: bool = False,
                  bias: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias)
-        self.bn = nn.BatchNorm2d(hidden) if norm else nn.Identity()
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=check_bool("bias", bias))
+        self.bn = nn.BatchNorm2d(hidden) if check_bool("norm", norm) else nn.Identity()
         self.act = create_act(act_layer)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
 

@@ -23,13 +23,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from visionattn.errors import UsageError, check_choice, check_positive
 from visionattn.kernels.flex_local_attention import flex_available, flex_local_attention
 from visionattn.kernels.local_attention import fused_local_attention, kernel_available
-from visionattn.layers.helpers import check_feature_map, check_positive_int
+from visionattn.layers.helpers import check_feature_map, check_odd, check_positive_int
 from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size, relative_table
 from visionattn.registry import register_attn
 
-__all__ = ["IMPLS", "local_attention", "LocalSelfAttention2d", "RelativeEmbedding2d"]
+__all__ = ["IMPLS", "local_attention", "LocalSelfAttention2d", "RelativeEmbedding2d", "attention_scale",
+           "check_attention_input", "check_heads"]
 
 IMPLS = ("auto", "kernel", "flex", "reference")
 _FLEX_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -50,17 +52,18 @@ def local_attention(qkv: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.T
         kernel_size: window size k (odd).
         border: ``"mask"``, ``"zero"`` or ``"clamp"`` (see :mod:`visionattn.layers.local_attention_ref`).
         scale: factor on the logits.
-        impl: ``"kernel"`` (the C++ kernel, CPU), ``"flex"`` (compiled FlexAttention: CUDA; on the CPU
-            forward only), ``"reference"`` (plain PyTorch), or ``"auto"``: the C++ kernel on the CPU when it
-            can be built, FlexAttention on CUDA (float32 / bfloat16 / float16), else the reference with a
-            warning.
+        impl: ``"kernel"`` (the C++ kernel, CPU), ``"flex"`` (compiled FlexAttention, CUDA only: torch's
+            compiled CPU FlexAttention has no backward, and it once gave wrong outputs in this project's tests
+            that could not be reproduced since, so it is refused on the CPU), ``"reference"`` (plain PyTorch),
+            or ``"auto"``: the C++ kernel on the CPU when it can be built, FlexAttention on CUDA (float32 /
+            bfloat16 / float16), else the reference with a warning.
 
     Shape:
         - Input: qkv (B, 3 * heads * d, H, W); rel_rows, rel_cols (heads, T, d)
         - Output: (B, heads * d, H, W)
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    check_choice("impl", impl, IMPLS)
+    check_choice("border", border, BORDERS)
     if impl == "auto":
         if qkv.device.type == "cpu" and kernel_available():
             impl = "kernel"
@@ -69,6 +72,9 @@ def local_attention(qkv: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.T
     if impl == "kernel":
         return fused_local_attention(qkv, rel_rows, rel_cols, heads, kernel_size, border, scale)
     if impl == "flex":
+        if not flex_available(qkv.device):
+            raise UsageError(f"impl: 'flex' runs on CUDA (with Triton) only, got {qkv.device.type} tensors; on the "
+                             "CPU use impl='kernel' (the fused C++ kernel) or 'reference'")
         return flex_local_attention(qkv, relative_table(rel_rows, rel_cols).to(qkv.dtype), heads, kernel_size,
                                     border, scale)
     if impl == "auto" and qkv.device.type not in _warned_device:
@@ -77,6 +83,28 @@ def local_attention(qkv: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.T
                       f"pure-PyTorch reference", RuntimeWarning, stacklevel=2)
     q, k, v = qkv.chunk(3, dim=1)
     return local_attention_reference(q, k, v, relative_table(rel_rows, rel_cols), kernel_size, border, scale)
+
+
+def check_heads(out_channels: int, heads: int) -> None:
+    """``heads`` a positive int that divides ``out_channels`` (every head gets d_out / heads channels)."""
+    check_positive_int("heads", heads)
+    if out_channels % heads:
+        raise UsageError(f"out_channels must be divisible by heads (each head gets out_channels / heads channels), "
+                         f"got out_channels={out_channels}, heads={heads}")
+
+
+def attention_scale(qk_scale: float | None, head_dim: int) -> float:
+    """The factor on the logits: ``qk_scale`` (a finite number > 0), or head_dim^-1/2 when None."""
+    return head_dim ** -0.5 if qk_scale is None else float(check_positive("qk_scale", qk_scale))
+
+
+def check_attention_input(x: torch.Tensor, channels: int, layer: str) -> None:
+    """A floating-point (B, ``channels``, H, W) map with H, W >= 1 (an empty batch is fine: empty output)."""
+    check_feature_map(x, channels, layer)
+    if not x.is_floating_point():
+        raise UsageError(f"{layer} needs a floating-point input, got {x.dtype}; convert it, e.g. x.float()")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise UsageError(f"{layer} needs a map of at least 1x1 pixels, got shape {tuple(x.shape)}")
 
 
 def _project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +138,7 @@ class RelativeEmbedding2d(nn.Module):
     def __init__(self, channels: int, heads: int, size: int) -> None:
         super().__init__()
         if channels % 2:
-            raise ValueError(f"out_channels must be even (half row, half column embedding), got {channels}")
+            raise UsageError(f"out_channels must be even (half row, half column embedding), got {channels}")
         self.heads = heads
         self.rows = nn.Parameter(torch.randn(size, channels // 2))
         self.cols = nn.Parameter(torch.randn(size, channels // 2))
@@ -155,28 +183,21 @@ class LocalSelfAttention2d(nn.Module):
         super().__init__()
         check_positive_int("in_channels", in_channels)
         out_channels = in_channels if out_channels is None else check_positive_int("out_channels", out_channels)
-        check_positive_int("kernel_size", kernel_size)
-        check_positive_int("heads", heads)
+        check_odd("kernel_size", kernel_size, "(a window centred on its pixel)")
         check_positive_int("stride", stride)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (a window centred on its pixel), got {kernel_size}")
-        if out_channels % heads or (out_channels // heads) == 0:
-            raise ValueError(f"out_channels must be divisible by heads, got out_channels={out_channels}, "
-                             f"heads={heads}")
-        if border not in BORDERS:
-            raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+        check_heads(out_channels, heads)
+        check_choice("border", border, BORDERS)
         if groups != 1:
-            raise ValueError(f"groups must be 1 for local self-attention (heads split the channels), got {groups}")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+            raise UsageError(f"groups must be 1 for local self-attention (heads split the channels), got {groups!r}")
+        check_choice("impl", impl, IMPLS)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.heads, self.stride, self.border, self.impl = kernel_size, heads, stride, border, impl
-        self.scale = (out_channels // heads) ** -0.5 if qk_scale is None else float(qk_scale)
+        self.scale = attention_scale(qk_scale, out_channels // heads)
         self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)
         self.rel = RelativeEmbedding2d(out_channels, heads, rel_table_size(kernel_size, border))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_feature_map(x, self.in_channels, "LocalSelfAttention2d")
+        check_attention_input(x, self.in_channels, "LocalSelfAttention2d")
         qkv = _project(self.qkv, x)
         out = local_attention(qkv, *self.rel(), self.heads, self.kernel_size, self.border, self.scale, self.impl)
         if self.stride > 1:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from visionattn.errors import check_choice
+
 __all__ = ["BORDERS", "rel_table_size", "relative_table", "window_index", "local_attention_reference",
            "local_attention_unfold"]
 
@@ -65,9 +67,13 @@ def _axis_index(size: int, kernel_size: int, border: str) -> tuple[torch.Tensor,
     return pos.clamp(0, size - 1), inside, attends, rel
 
 
-@torch.compiler.disable  # integer bookkeeping: as graph constants it trips inductor's range analysis
 def window_index(height: int, width: int, kernel_size: int, border: str) -> tuple[torch.Tensor, ...]:
     """Gather indices of the k x k windows of an (H, W) map, flattened row-major.
+
+    Under ``torch.compile`` the indices are computed eagerly, outside the graph: as graph constants the integer
+    bookkeeping trips inductor's range analysis. The ``torch.compiler.disable`` wrapper that does this is made
+    on the first compiled call, not at import (which would import ``torch._dynamo``, about 2 s); eager calls
+    never need it.
 
     Returns:
         key: (HW, k^2) flat index of each window slot's key (clamped into the image; see ``inside``).
@@ -75,8 +81,18 @@ def window_index(height: int, width: int, kernel_size: int, border: str) -> tupl
         attends: (HW, k^2) the slot takes part in the softmax.
         rel: (HW, k^2) flat index into the (T, T) relative table, T = :func:`rel_table_size`.
     """
-    if border not in BORDERS:
-        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+    check_choice("border", border, BORDERS)
+    if not torch.compiler.is_compiling():
+        return _window_index(height, width, kernel_size, border)
+    if not _EAGER_WINDOW_INDEX:  # the first compiled call: dynamo is imported already, since it is tracing us
+        _EAGER_WINDOW_INDEX.append(torch.compiler.disable(_window_index))
+    return _EAGER_WINDOW_INDEX[0](height, width, kernel_size, border)
+
+
+_EAGER_WINDOW_INDEX: list = []  # the compiler-disabled window_index, once a compiled call has made it
+
+
+def _window_index(height: int, width: int, kernel_size: int, border: str) -> tuple[torch.Tensor, ...]:
     ry, iy, ay, rely = _axis_index(height, kernel_size, border)
     rx, ix, ax, relx = _axis_index(width, kernel_size, border)
     t = rel_table_size(kernel_size, border)

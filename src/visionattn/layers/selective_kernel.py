@@ -15,6 +15,7 @@ from visionattn.layers.conv_args import check_groups, same_padding
 from visionattn.layers.helpers import (
     LayerSpec,
     check_feature_map,
+    check_norm_batch,
     check_positive_int,
     create_act,
     pair,
@@ -129,7 +130,7 @@ class SelectiveKernel(nn.Module):
     A drop-in for a kxk convolution followed by BN and ReLU (the branches carry their own BN and ReLU, so a
     block should not add another after it). Defaults are the paper's SK[M=2, G=32, r=16, L=32]. With one
     branch the softmax is constant 1 and the layer is a plain conv + BN + ReLU. In training mode the
-    BatchNorm of the fuse step needs more than one sample per batch.
+    BatchNorm of the fuse step sees one value per sample, so a batch of one gets a UsageError saying so.
 
     Args:
         channels: input channels C_in.
@@ -170,9 +171,11 @@ class SelectiveKernel(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel branch weights a of eq. 7.6, shape (B, M, C); they sum to 1 over M."""
         check_feature_map(x, self.channels, type(self).__name__)
+        check_norm_batch(self, x)
         return self.select.attention(self.fuse(self.split(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, type(self).__name__)
+        check_norm_batch(self, x)
         branches = self.split(x)
         return self.select(branches, self.fuse(branches))

@@ -14,10 +14,13 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from visionattn.errors import UsageError
 from visionattn.layers.conv_args import check_groups, same_padding
 from visionattn.layers.helpers import (
     LayerSpec,
+    check_bool,
     check_feature_map,
+    check_norm_batch,
     check_positive_int,
     create_act,
     pair,
@@ -53,7 +56,8 @@ class SplitAttention(nn.Module):
     ``U_i = ReLU(BN(W_i * X_(i,k)))`` (eq. 8.1), ``s = mean_hw(sum_i U_i)``, ``z = ReLU(BN(W1 s + b1))``,
     ``a = softmax_i(W2 z + b2)`` per channel (sigmoid if R = 1), ``out = sum_i a_i * U_i``. The groups'
     outputs are concatenated along the channels. Like SK it carries its own BN and ReLU, so a block adds
-    none after it.
+    none after it. In training mode the BatchNorm of the attention MLP sees one pooled value per sample, so a
+    batch of one gets a UsageError saying so.
 
     Args:
         channels: input channels C_in; must be divisible by ``groups * radix``.
@@ -84,12 +88,12 @@ class SplitAttention(nn.Module):
         self.radix = check_positive_int("radix", radix)
         self.groups = check_groups(groups, out_channels=self.out_channels)
         if channels % (groups * radix):
-            raise ValueError(f"channels must be divisible by groups * radix = {groups} * {radix}, got "
+            raise UsageError(f"channels must be divisible by groups * radix = {groups} * {radix}, got "
                              f"channels={channels}")
         attn_channels = split_attention_width(channels, radix, groups, rd_ratio, min_rd, rd_channels)
         kernel, dil = pair("kernel_size", kernel_size), pair("dilation", dilation)
         self.conv = nn.Conv2d(channels, self.out_channels * radix, kernel, pair("stride", stride),
-                              same_padding(kernel, dil), dil, groups=groups * radix, bias=bias)
+                              same_padding(kernel, dil), dil, groups=groups * radix, bias=check_bool("bias", bias))
         self.bn0 = nn.BatchNorm2d(self.out_channels * radix)
         self.act0 = create_act(act_layer)
         self.fc1 = nn.Conv2d(self.out_channels, attn_channels, 1, groups=groups)
@@ -112,10 +116,12 @@ class SplitAttention(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The branch weights a, shape (B, R, C); for R > 1 they sum to 1 over R."""
         check_feature_map(x, self.channels, type(self).__name__)
+        check_norm_batch(self, x)
         return self._attention(self.branches(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, type(self).__name__)
+        check_norm_batch(self, x)
         u = self.branches(x)
         a = rearrange(self._attention(u), "b r c -> b r c 1 1")
         return (a * u).sum(dim=1)  # eq. 7.7
@@ -137,6 +143,6 @@ class SplitAttention0(SplitAttention):
     def __init__(self, channels: int, out_channels: int | None = None, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, groups: int = 1, **kwargs) -> None:
         if groups != 1:
-            raise ValueError(f"groups (cardinality) of SplAt-0 must be 1, got {groups!r}; use 'splat' for "
+            raise UsageError(f"groups (cardinality) of SplAt-0 must be 1, got {groups!r}; use 'splat' for "
                              "cardinal groups")
         super().__init__(channels, out_channels, kernel_size, stride, dilation, 1, **kwargs)

@@ -13,6 +13,7 @@ from torch import nn
 from visionattn.layers.helpers import (
     ConvMlp,
     LayerSpec,
+    check_bool,
     check_feature_map,
     check_positive_int,
     create_act,
@@ -117,7 +118,7 @@ class SEVar2(ChannelGate):
     def __init__(self, channels: int, gate_layer: LayerSpec = "sigmoid", bias: bool = True) -> None:
         super().__init__(channels, gate_layer)
         self.weight = nn.Parameter(torch.ones(channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(channels, 1, 1)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(channels, 1, 1)) if check_bool("bias", bias) else None
 
     def excite(self, z: torch.Tensor) -> torch.Tensor:
         out = self.weight * z
@@ -141,7 +142,7 @@ class SEVar3(ChannelGate):
 
     def __init__(self, channels: int, gate_layer: LayerSpec = "sigmoid", bias: bool = True) -> None:
         super().__init__(channels, gate_layer)
-        self.fc = nn.Conv2d(channels, channels, 1, bias=bias)
+        self.fc = nn.Conv2d(channels, channels, 1, bias=check_bool("bias", bias))
 
     def excite(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc(z)

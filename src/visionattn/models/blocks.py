@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from visionattn.errors import UsageError, check_choice
 from visionattn.layers.helpers import check_positive_int
 from visionattn.models.plug import AttnPlug, conv2d
 
@@ -52,12 +53,11 @@ class Stem(nn.Module):
         check_positive_int("in_chans", in_chans)
         check_positive_int("stem_width", stem_width)
         stride = 1 if small_input else 2
+        check_choice("stem_type", stem_type, ("basic", "deep"))
         if stem_type == "basic":
             widths, kernels = [stem_width], [3 if small_input else 7]
-        elif stem_type == "deep":
-            widths, kernels = [stem_width, stem_width, 2 * stem_width], [3, 3, 3]
         else:
-            raise ValueError(f"stem_type must be 'basic' or 'deep', got {stem_type!r}")
+            widths, kernels = [stem_width, stem_width, 2 * stem_width], [3, 3, 3]
         layers: list[nn.Module] = []
         for i, (width, k) in enumerate(zip(widths, kernels)):
             layers += [conv2d(in_chans if i == 0 else widths[i - 1], width, k, stride if i == 0 else 1),
@@ -69,7 +69,7 @@ class Stem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"the network expects images (B, {self.in_chans}, H, W), got a tensor of shape "
+            raise UsageError(f"the network expects images (B, {self.in_chans}, H, W), got a tensor of shape "
                              f"{tuple(x.shape)}; set in_chans to match")
         return self.pool(self.convs(x))
 
@@ -135,7 +135,7 @@ class BasicBlock(_Residual):
                  avd: bool = False, stride_in_1x1: bool = False) -> None:
         super().__init__()
         if groups != 1 or base_width != 64 or avd or stride_in_1x1:
-            raise ValueError(f"BasicBlock supports groups=1, base_width=64, avd=False, stride_in_1x1=False only, "
+            raise UsageError(f"BasicBlock supports groups=1, base_width=64, avd=False, stride_in_1x1=False only, "
                              f"got groups={groups}, base_width={base_width}, avd={avd}, "
                              f"stride_in_1x1={stride_in_1x1}; use the bottleneck block")
         plug = plug or AttnPlug()
@@ -177,12 +177,12 @@ class Bottleneck(_Residual):
         super().__init__()
         check_positive_int("groups", groups)
         if avd and stride_in_1x1:
-            raise ValueError("avd and stride_in_1x1 both place the block's stride; choose one")
+            raise UsageError("avd and stride_in_1x1 both place the block's stride; choose one")
         check_positive_int("base_width", base_width)
         plug = plug or AttnPlug()
         width = int(planes * base_width / 64) * groups
         if width == 0:
-            raise ValueError(f"base_width too small: planes={planes} * base_width={base_width} / 64 gives no "
+            raise UsageError(f"base_width too small: planes={planes} * base_width={base_width} / 64 gives no "
                              f"channels per group")
         out_chs = planes * self.expansion
         pool_after = avd and stride > 1

@@ -12,17 +12,22 @@ A network takes one layer name (``attn="se"``) and an :class:`AttnPlug` says whe
   convolution) replace every convolution of the residual branch, 1x1 and 3x3, and keep the block's BN and
   activation. The stem, the projection shortcut and the classifier stay static, as in both papers.
 
-The plug is the only place that knows these rules; the blocks ask it for their pieces.
+The plug is the only place that knows these rules; the blocks ask it for their pieces. It also checks the
+layer's keyword arguments before anything is built: an unknown keyword gets a "did you mean", and a keyword the
+network sets for every layer itself (``channels``; ``out_channels``, ``stride``, ``groups`` and ``kernel_size``
+of a replaced convolution) is refused rather than silently overridden.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from visionattn.errors import UsageError, check_choice
 from visionattn.registry import create_attn, get_attn_entry
 
 __all__ = ["AttnPlug", "PLACEMENTS", "conv2d", "init_conv"]
@@ -36,15 +41,34 @@ _OWN_NORM_ACT = frozenset({"sk", "splat", "splat0"})
 _EVERY_CONV = frozenset({"condconv", "dynamic_conv"})
 
 
+# what the plug passes to every layer it builds, so a user's value would be overridden without a word
+_SET_BY_NETWORK = frozenset({"channels"})
+_SET_IN_PLACE_OF_CONV = frozenset({"out_channels", "stride", "groups"})
+
+
 def init_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    """He (fan-out) initialisation, as the ResNet papers and torchvision use; returns ``conv``."""
+    """He (fan-out) initialisation, as the ResNet papers, torchvision and timm use; returns ``conv``.
+
+    The networks apply it to every convolution once they are built
+    (:meth:`visionattn.models.resnet.ResNet.init_weights`), so a layer's own convolutions get it too.
+    """
     nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
     return conv
 
 
 def conv2d(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    """A bias-free, He-initialised convolution with "same" padding (``ceil(H / stride)`` output rows)."""
-    return init_conv(nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False))
+    """A bias-free convolution with "same" padding (``ceil(H / stride)`` output rows); the network initialises
+    it with every other convolution."""
+    return nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+
+
+def _check_layer_kwargs(name: str, kwargs: Mapping[str, Any], argument: str, reserved: frozenset[str]) -> None:
+    """Refuse keywords the layer does not take (with a "did you mean") and those the network sets itself."""
+    taken = sorted(set(kwargs) & reserved)
+    if taken:
+        raise UsageError(f"{argument}: {taken[0]!r} is set by the network for every {name!r} layer it builds; "
+                         f"leave it out")
+    get_attn_entry(name).check_keywords(kwargs, argument)
 
 
 def default_placement(name: str) -> str:
@@ -62,33 +86,54 @@ class AttnPlug:
         name: registered layer name (``visionattn.list_attn()``), or None for a plain network.
         kwargs: keyword arguments for every instance of the layer (e.g. ``{"rd_ratio": 1 / 8}``).
         where: ``"block"``, ``"stage"`` or ``"conv"``; None takes the paper's placement for ``name``.
+        stage_kwargs: one mapping per stage, merged over ``kwargs`` for that stage's layers (e.g. the official
+            ECA-ResNet-50's ``[{"kernel_size": 3}, {"kernel_size": 5}, {"kernel_size": 5}, {"kernel_size": 7}]``);
+            empty for the same keywords everywhere. :meth:`for_stage` gives a stage's plug.
     """
 
     name: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     where: str | None = None
+    stage_kwargs: Sequence[Mapping[str, Any]] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kwargs, Mapping):
+            raise UsageError(f"attn_kwargs must be a mapping of keyword arguments, got {self.kwargs!r}")
+        if isinstance(self.stage_kwargs, (str, Mapping)) or not isinstance(self.stage_kwargs, Sequence) or not all(
+                isinstance(k, Mapping) for k in self.stage_kwargs):
+            raise UsageError(f"attn_stage_kwargs must be a list of mappings, one per stage, got {self.stage_kwargs!r}")
         if self.name is None:
-            if self.kwargs or self.where is not None:
-                raise ValueError(f"attn_kwargs / attn_where need an attn layer, got attn=None with "
-                                 f"attn_kwargs={dict(self.kwargs)!r}, attn_where={self.where!r}")
+            if self.kwargs or self.where is not None or self.stage_kwargs:
+                raise UsageError(f"attn_kwargs / attn_stage_kwargs / attn_where need an attn layer, got attn=None "
+                                 f"with attn_kwargs={dict(self.kwargs)!r}, attn_where={self.where!r}")
             return
-        entry = get_attn_entry(self.name)  # raises a ValueError listing the registered names
+        entry = get_attn_entry(self.name)  # raises a UsageError with a "did you mean"
         where = default_placement(self.name) if self.where is None else self.where
-        if where not in PLACEMENTS:
-            raise ValueError(f"attn_where must be one of {PLACEMENTS} or None, got {where!r}")
+        check_choice("attn_where", where, PLACEMENTS)
         if (where == "conv") != entry.conv_like:
-            raise ValueError(f"attn_where={where!r} does not fit {self.name!r}: only conv-like layers "
+            raise UsageError(f"attn_where={where!r} does not fit {self.name!r}: only conv-like layers "
                              f"(takes out_channels and stride) go in place of convolutions")
         object.__setattr__(self, "where", where)
+        reserved = _SET_BY_NETWORK | (_SET_IN_PLACE_OF_CONV if where == "conv" else frozenset())
+        _check_layer_kwargs(self.name, self.kwargs, "attn_kwargs", reserved)
+        for stage in self.stage_kwargs:
+            _check_layer_kwargs(self.name, stage, "attn_stage_kwargs", reserved)
+
+    def for_stage(self, index: int, num_stages: int) -> AttnPlug:
+        """The plug for stage ``index`` of ``num_stages``: ``kwargs`` updated by that stage's ``stage_kwargs``."""
+        if not self.stage_kwargs:
+            return self
+        if len(self.stage_kwargs) != num_stages:
+            raise UsageError(f"attn_stage_kwargs needs one mapping per stage ({num_stages}), got "
+                             f"{len(self.stage_kwargs)}")
+        return dataclasses.replace(self, kwargs={**self.kwargs, **self.stage_kwargs[index]}, stage_kwargs=())
 
     def _build(self, channels: int, feat_size: tuple[int, int] | None, **extra: Any) -> nn.Module:
         assert self.name is not None
         kwargs = {**self.kwargs, **extra}
         if get_attn_entry(self.name).needs_spatial_size and "spatial_size" not in kwargs:
             if feat_size is None:
-                raise ValueError(f"attn {self.name!r} needs the feature map size; build the network with "
+                raise UsageError(f"attn {self.name!r} needs the feature map size; build the network with "
                                  f"img_size=(H, W)")
             kwargs["spatial_size"] = feat_size
         return create_attn(self.name, channels, **kwargs)
@@ -121,6 +166,9 @@ class AttnPlug:
         if not self.replaces(kernel_size, act):
             conv: nn.Module = conv2d(in_chs, out_chs, kernel_size, stride, groups)
         else:
+            if "kernel_size" in self.kwargs:
+                raise UsageError(f"attn_kwargs: 'kernel_size' is set by the network for every {self.name!r} layer "
+                                 f"(the kernel of the convolution it replaces); leave it out")
             conv = self._build(in_chs, None, out_channels=out_chs, kernel_size=kernel_size, stride=stride,
                                groups=groups)
             if self.name in _OWN_NORM_ACT:

@@ -3,6 +3,15 @@
 He et al. 2016, "Deep Residual Learning for Image Recognition"; Xie et al. 2017 (ResNeXt); He et al. 2019
 (ResNet-D). The ``attn`` argument puts any registered layer where its paper does (see
 :mod:`visionattn.models.plug`); the named models of the reference tables are in :mod:`visionattn.models.zoo`.
+
+Initialisation is one rule for the whole network, applied once it is built (:meth:`ResNet.init_weights`):
+every 2-D convolution, the attention layers' own included (SK's branches, SplAt, the excite MLPs' 1x1
+convolutions, SASA's query/key/value projections), gets He's normal initialisation with fan-out and the ReLU gain,
+as torchvision, timm and the official SE, ECA, SK and ResNeSt code do; each expert of a CondConv or
+dynamic-convolution bank is initialised the same way, like the convolution it replaces (CondConv's official
+code). Left at PyTorch's default, as in those codes: linear layers (the classifier, SK's fuse and select, the
+routers), ECA's 1-D convolution, the relative position embeddings, and BatchNorm (weight 1, bias 0; with
+``zero_init_last`` the last BN of each residual branch starts at 0).
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionattn.layers.helpers import check_positive_int, pair
+from visionattn.errors import UsageError, check_choice, check_range
+from visionattn.layers.cond_conv import ExpertConv2d
+from visionattn.layers.helpers import check_bool, check_positive_int, pair
 from visionattn.models.blocks import BLOCKS, Stem, downsampled
-from visionattn.models.plug import AttnPlug
+from visionattn.models.plug import AttnPlug, init_conv
 
 __all__ = ["ResNet"]
 
@@ -43,9 +54,13 @@ class ResNet(nn.Module):
         stride_in_1x1: ResNet v1's stride on the first 1x1 of strided bottlenecks (default: on the 3x3, v1.5).
         attn: registered attention layer name (``visionattn.list_attn()``), or None.
         attn_kwargs: keyword arguments for every instance of ``attn``.
+        attn_stage_kwargs: one mapping per stage merged over ``attn_kwargs`` there, e.g. ECA's per-stage
+            ``kernel_size`` of the official checkpoints (``eca_resnet50_k3557``); None for the same everywhere.
         attn_where: ``"block"``, ``"stage"`` or ``"conv"`` to override the paper's placement.
         drop_rate: dropout before the classifier.
         zero_init_last: start each residual branch's last BN at zero (the block starts as the identity).
+
+    Every convolution is initialised by one rule once the network is built: see :meth:`init_weights`.
 
     Shape:
         - Input: (B, in_chans, H, W), (H, W) = ``img_size`` when ``attn`` needs a fixed size
@@ -58,22 +73,29 @@ class ResNet(nn.Module):
                  stem_type: str = "basic", stem_width: int = 64, small_input: bool = False,
                  avg_down: bool = False, avd: bool = False, stride_in_1x1: bool = False, attn: str | None = None,
                  attn_kwargs: Mapping[str, Any] | None = None, attn_where: str | None = None,
-                 drop_rate: float = 0.0, zero_init_last: bool = False) -> None:
+                 drop_rate: float = 0.0, zero_init_last: bool = False,
+                 attn_stage_kwargs: Sequence[Mapping[str, Any]] | None = None) -> None:
         super().__init__()
-        if block not in BLOCKS:
-            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}")
+        check_choice("block", block, sorted(BLOCKS))
+        for name, values in (("layers", layers), ("widths", widths)):
+            if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence):
+                raise UsageError(f"{name} must be a sequence of ints, one per stage, got {values!r}")
         if len(layers) != len(widths) or not layers:
-            raise ValueError(f"layers and widths need one entry per stage, got layers={tuple(layers)}, "
+            raise UsageError(f"layers and widths need one entry per stage, got layers={tuple(layers)}, "
                              f"widths={tuple(widths)}")
         for name, values in (("layers", layers), ("widths", widths)):
             for v in values:
                 check_positive_int(name, v)
         check_positive_int("num_classes", num_classes, minimum=0)
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        check_range("drop_rate", drop_rate, 0.0, 1.0, high_open=True)
+        for flag, value in (("small_input", small_input), ("avg_down", avg_down), ("avd", avd),
+                            ("stride_in_1x1", stride_in_1x1), ("zero_init_last", zero_init_last)):
+            check_bool(flag, value)
         self.img_size = pair("img_size", img_size)
         self.input_size = (in_chans, *self.img_size)
-        plug = AttnPlug(attn, dict(attn_kwargs or {}), attn_where)
+        self.zero_init_last = zero_init_last
+        plug = AttnPlug(attn, {} if attn_kwargs is None else attn_kwargs, attn_where,
+                        () if attn_stage_kwargs is None else attn_stage_kwargs)
 
         self.stem = Stem(in_chans, stem_type, stem_width, small_input)
         self.feature_info: list[dict[str, Any]] = []
@@ -85,7 +107,24 @@ class ResNet(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(drop_rate),
                                   nn.Linear(in_chs, num_classes) if num_classes else nn.Identity())
         self.num_classes = num_classes
-        if zero_init_last:
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """One rule for every convolution of the network, the attention layers' own included.
+
+        He initialisation (normal, fan-out, ReLU gain) of every ``nn.Conv2d`` and of every expert of a
+        CondConv / dynamic-convolution bank; then, with ``zero_init_last``, each residual branch's last BN
+        weight at zero. Linear layers, ECA's 1-D convolution and BatchNorm keep PyTorch's initialisation (see
+        the module docstring). A subclass that rebuilds parts of the network calls it again.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                init_conv(m)
+            elif isinstance(m, ExpertConv2d):
+                for expert in m.weight:  # each expert is a convolution kernel of its own
+                    nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
+        if self.zero_init_last:
             for m in self.modules():
                 if hasattr(m, "last_bn"):
                     nn.init.zeros_(m.last_bn().weight)
@@ -103,12 +142,14 @@ class ResNet(nn.Module):
         for i, (depth, planes) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
             feat, reduction = downsampled(feat, stride), reduction * stride
+            stage_plug = plug.for_stage(i, len(layers))
+            kwargs = {**block_kwargs, "plug": stage_plug}
             blocks: list[nn.Module] = []
             for j in range(depth):
-                blocks.append(block(in_chs, planes, stride if j == 0 else 1, feat_size=feat, **block_kwargs))
+                blocks.append(block(in_chs, planes, stride if j == 0 else 1, feat_size=feat, **kwargs))
                 in_chs = blocks[-1].out_channels
             if i < len(layers) - 1 and plug.where == "stage":
-                blocks.append(plug.stage_attn(in_chs, feat))
+                blocks.append(stage_plug.stage_attn(in_chs, feat))
             stages[f"stage{i + 1}"] = nn.Sequential(*blocks)
             self.feature_info.append({"module": f"stages.stage{i + 1}", "num_chs": in_chs,
                                       "reduction": reduction})

@@ -7,10 +7,12 @@ ResNet-26 [1, 2, 4, 1], ResNet-38 [2, 3, 5, 2], ResNet-50 [3, 4, 6, 3] bottlenec
 
 The stem is the ResNet's convolutional one (``stem="conv"``, ``sasa_resnet26``, ..., the paper's "conv-stem +
 attention") or the attention stem of section 3.2 (``stem="attention"``, ``sasa_stem_resnet26``, ..., "full
-attention"): the 7x7 stride-2 convolution becomes :class:`~visionattn.layers.attention_stem.AttentionStem2d`
-(spatial extent 4, 4 value mixtures, stride 2 as attention then 2x2 average pooling), followed like the conv
-by BN, ReLU and the 3x3 stride-2 max pooling. It has 2,176 parameters where the 7x7 convolution has 9,408, so
-the full-attention models are 7,232 smaller: 10.335M (ResNet-26), 14.183M (38), 18.031M (50), 1000 classes.
+attention"): as section 4.1 describes it, :class:`~visionattn.layers.attention_stem.AttentionStem2d` (spatial
+extent 4, 4 value mixtures) at the image's full resolution, then BatchNorm and a 4 x 4 stride-4 max pooling, in
+place of the 7x7 stride-2 convolution, BN, ReLU and 3x3 stride-2 max pooling (the same output stride 4). The
+paper names no ReLU there and none is added: the max pooling follows the BatchNorm directly. It has 2,176
+parameters where the 7x7 convolution has 9,408, so the full-attention models are 7,232 smaller: 10.335M
+(ResNet-26), 14.183M (38), 18.031M (50), 1000 classes.
 The conv ResNets of the same layouts are registered beside them (``resnet26_sasa_conv``, ...), the baseline of
 the paper's Table 1 (note ``resnet26`` in the zoo is timm's [2, 2, 2, 2] layout, not the paper's).
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from visionattn.errors import UsageError, check_choice
 from visionattn.models.blocks import Bottleneck
 from visionattn.models.plug import AttnPlug
 from visionattn.models.resnet import ResNet
@@ -34,10 +37,11 @@ SASA_LAYERS: dict[int, tuple[int, ...]] = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 5
 STEMS = ("conv", "attention")
 
 
-def attention_stem(in_chans: int, width: int, stride: int) -> nn.Sequential:
-    """The paper's stem layer: spatially aware attention (extent 4, 4 mixtures), BN, ReLU."""
-    layer = create_attn("sasa_stem", in_chans, out_channels=width, kernel_size=4, mixtures=4, stride=stride)
-    return nn.Sequential(layer, nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+def attention_stem(in_chans: int, width: int) -> nn.Sequential:
+    """The paper's stem layer: spatially aware attention (extent 4, 4 mixtures) at full resolution, then BN.
+    The 4 x 4 max pooling that follows it is the stem's ``pool`` (:class:`SasaResNet`)."""
+    layer = create_attn("sasa_stem", in_chans, out_channels=width, kernel_size=4, mixtures=4)
+    return nn.Sequential(layer, nn.BatchNorm2d(width))
 
 
 class _SasaPlug(AttnPlug):
@@ -63,7 +67,8 @@ class SasaResNet(ResNet):
         heads: attention heads (paper: 8).
         border: how windows meet the image border (``"mask"``, ``"zero"``, ``"clamp"``).
         stem: ``"conv"`` (the ResNet's 7x7 convolution) or ``"attention"`` (the spatially aware attention stem,
-            :func:`attention_stem`, in place of that convolution; the max pooling stays).
+            :func:`attention_stem`, and a 4 x 4 max pooling in place of the convolution stem; with
+            ``small_input`` the stem keeps stride 1 and has no pooling).
         **kwargs: the rest of :class:`~visionattn.models.resnet.ResNet` (num_classes, in_chans, img_size, ...).
 
     Shape:
@@ -77,15 +82,15 @@ class SasaResNet(ResNet):
 
     def __init__(self, layers: Sequence[int] = SASA_LAYERS[50], kernel_size: int = 7, heads: int = 8,
                  border: str = "mask", stem: str = "conv", **kwargs: Any) -> None:
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        check_choice("stem", stem, STEMS)
         if stem == "attention" and kwargs.get("stem_type", "basic") != "basic":
-            raise ValueError(f"the attention stem replaces the basic stem's convolution; got stem_type="
+            raise UsageError(f"the attention stem replaces the basic stem's convolution; got stem_type="
                              f"{kwargs['stem_type']!r}, needs 'basic'")
         super().__init__(block="bottleneck", layers=layers, **kwargs)
         if stem == "attention":
-            self.stem.convs = attention_stem(self.stem.in_chans, self.stem.out_channels,
-                                             1 if kwargs.get("small_input", False) else 2)
+            self.stem.convs = attention_stem(self.stem.in_chans, self.stem.out_channels)
+            if not kwargs.get("small_input", False):  # ceil_mode: ceil(H / 4) like the conv stem's pooling
+                self.stem.pool = nn.MaxPool2d(4, stride=4, ceil_mode=True)
         # ResNet builds its stages with the generic plug; rebuild them with the attention's own window
         plug = _SasaPlug("sasa", {"kernel_size": kernel_size, "heads": heads, "border": border}, "conv")
         block_kwargs = {"groups": 1, "base_width": 64, "plug": plug, "avg_down": kwargs.get("avg_down", False),
@@ -93,6 +98,7 @@ class SasaResNet(ResNet):
         self.feature_info = []
         self.stages = self._make_stages(Bottleneck, layers, kwargs.get("widths", (64, 128, 256, 512)), plug,
                                         block_kwargs)
+        self.init_weights()  # the rebuilt stages and stem get the network's rule too (q/k/v projections included)
 
 
 def _register(depth: int) -> None:

@@ -17,6 +17,12 @@ all), GE-theta-plus adds SE's excite MLP on top (33,637,592; the paper's 33.639M
 multiply-adds for ResNet, SE, ECA and CBAM are those of ResNet v1 (``stride_in_1x1=True``: 3.858, 3.860 and
 3.864 GMACs here); the models default to torchvision's v1.5 layout (4.09 GMACs for ResNet-50), same parameters.
 
+ECA's kernel sizes: ``eca_resnet50``, ``eca_resnet101``, ``eca_resnet152`` pick k per layer from its channel count
+by the paper's adaptive rule (eq. 3.5): k = [5, 5, 5, 7] by stage (``eca_resnet20``: [3, 3, 3]). The official
+ImageNet checkpoints fix k per stage instead, and ``eca_resnet50_k3557`` ([3, 5, 5, 7]), ``eca_resnet101_k3357``
+and ``eca_resnet152_k3357`` ([3, 3, 5, 7]) match them (``attn_stage_kwargs``); any ResNet takes such a per-stage
+layout, e.g. ``create_model("eca_resnet50", attn_stage_kwargs=[{"kernel_size": k} for k in (3, 5, 5, 7)])``.
+
 CondConv and dynamic convolution replace every convolution of the residual branches (1x1 and 3x3; the stem,
 shortcuts and classifier stay static); neither paper has official ResNet code, so there is no count to match.
 """
@@ -70,7 +76,8 @@ _ATTN_PAPERS = {"sk": _SK, "splat": _SPLAT,
                 "se": _SE, "eca": _ECA, "cbam": _CBAM, "bam": _BAM, "ge_theta_minus": _GE, "ge_theta": _GE,
                 "ge_theta_plus": _GE, "condconv": _CONDCONV, "dynamic_conv": _DYCONV}
 _DISPLAY = {"sk": "SK (M=2, groups of the block)", "splat": "split attention (radix 2)",
-            "se": "SE", "eca": "ECA", "cbam": "CBAM", "bam": "BAM", "ge_theta_minus": "GE-theta-minus",
+            "se": "SE", "eca": "ECA (adaptive k per layer, eq. 3.5)", "cbam": "CBAM", "bam": "BAM",
+            "ge_theta_minus": "GE-theta-minus",
             "ge_theta": "GE-theta (global extent)", "ge_theta_plus": "GE-theta-plus (global extent)",
             "condconv": "CondConv (8 experts)", "dynamic_conv": "dynamic convolution (4 experts)"}
 _WHERE = {"sk": "in place of every 3x3 convolution", "splat": "in place of every 3x3 convolution",
@@ -94,7 +101,13 @@ _PLUGGED: dict[str, tuple[str, ...]] = {
     "splat": ("resnet20",),
 }
 
-# Networks whose paper redesigned the whole backbone around the layer.
+
+def _eca_stages(*kernel_sizes: int) -> tuple[dict[str, int], ...]:
+    """ECA's explicit per-stage kernel sizes, as ``attn_stage_kwargs``."""
+    return tuple({"kernel_size": k} for k in kernel_sizes)
+
+
+# Networks whose paper (or official checkpoint) fixes more than the layer and its placement.
 _NAMED: dict[str, tuple[str, dict[str, Any], str, str]] = {
     "sknet50": ("resnext50_32x4d", {"attn": "sk"}, "Li et al. 2019, Selective Kernel Networks",
                 "SKNet-50: SK[M=2, G=32, r=16] in place of ResNeXt-50's 3x3"),
@@ -102,6 +115,12 @@ _NAMED: dict[str, tuple[str, dict[str, Any], str, str]] = {
                  "SKNet-101: SK in place of ResNeXt-101's 3x3"),
     "sknet29": ("resnext29_32x4d", {"attn": "sk"}, "Li et al. 2019, Selective Kernel Networks",
                 "SK-ResNeXt-29 for small images"),
+    "eca_resnet50_k3557": ("resnet50", {"attn": "eca", "attn_stage_kwargs": _eca_stages(3, 5, 5, 7)}, _ECA,
+                           "ECA-ResNet-50 as the official checkpoint: k = [3, 5, 5, 7] by stage"),
+    "eca_resnet101_k3357": ("resnet101", {"attn": "eca", "attn_stage_kwargs": _eca_stages(3, 3, 5, 7)}, _ECA,
+                            "ECA-ResNet-101 as the official checkpoint: k = [3, 3, 5, 7] by stage"),
+    "eca_resnet152_k3357": ("resnet152", {"attn": "eca", "attn_stage_kwargs": _eca_stages(3, 3, 5, 7)}, _ECA,
+                            "ECA-ResNet-152 as the official checkpoint: k = [3, 3, 5, 7] by stage"),
     "resnest50": ("resnet50d", {"attn": "splat", "avd": True}, "Zhang et al. 2020, ResNeSt",
                   "ResNeSt-50 (2s1x64d): SplAt in place of ResNet-50-D's 3x3, avd"),
     "resnest29": ("resnet20", {"attn": "splat", "avd": True, "block": "bottleneck", "stem_type": "deep",
