@@ -100,22 +100,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all processes (float64, so counts stay exact)."""
+def _all_reduce(values: list[float], device: torch.device, op: Any) -> list[float]:
     if not dist.is_initialized():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all processes (float64, so counts stay exact)."""
+    return _all_reduce(values, device, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
     """The element-wise maximum of a few numbers over all processes."""
-    if not dist.is_initialized():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    return _all_reduce(values, device, dist.ReduceOp.MAX)
 
 
 def broadcast_object(obj: Any) -> Any:
