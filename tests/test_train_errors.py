@@ -176,6 +176,18 @@ def test_missing_data_files(fmnist, tmp_path, case):
         preflight(cfg)
 
 
+@pytest.mark.bad_input
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"data_dir": "/somewhere"}, "--data-dir: applies to --data fashion-mnist only"),
+    ({"download": True}, "--download: applies to --data fashion-mnist only"),
+])
+def test_fashion_mnist_options_with_an_image_folder_are_refused(fmnist, tmp_path, kw, message):
+    (tmp_path / "images").mkdir()
+    cfg = _cfg(fmnist, tmp_path / "r", **{"data": str(tmp_path / "images"), "data_dir": None, **kw})
+    with pytest.raises(UsageError, match=message):
+        preflight(cfg)
+
+
 # ------------------------------------------------------------------------------------------ run directories
 def _finished_run(fmnist: Path, run: Path) -> Path:
     train(_cfg(fmnist, run, epochs=1))

@@ -140,6 +140,10 @@ def _check_data(cfg: TrainConfig) -> None:
         return
     path = Path(cfg.data)
     if path.is_dir():
+        for flag, given in (("--data-dir", cfg.data_dir), ("--download", cfg.download)):
+            if given:  # they only locate or fetch the Fashion-MNIST files: silently ignoring them would mislead
+                raise UsageError(f"{flag}: applies to --data fashion-mnist only, got it with the image folder "
+                                 f"{cfg.data!r}; leave it out")
         return
     if path.exists():
         raise DataError(f"--data: got {cfg.data!r}, a file; needed {' or '.join(DATASETS)} or an image folder")
