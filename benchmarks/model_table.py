@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch import nn
 
 from visionattn.info import build_for_input, model_info
 from visionattn.models import PUBLISHED
@@ -58,10 +59,32 @@ def small_table() -> str:
     return "\n".join(lines)
 
 
+def sasa_table() -> str:
+    """The SASA-ResNets' parameters by kind of module: what the paper's Table 1 counts may leave out."""
+    kinds = {"conv": nn.Conv2d, "linear": nn.Linear, "batchnorm": nn.BatchNorm2d}
+    lines = ["| model | params | conv | linear | BatchNorm | relative embeddings | without BN and embeddings |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in list_models("sasa"):
+        with torch.device("meta"):
+            model, _ = build_for_input(name)
+        counts = {kind: sum(p.numel() for m in model.modules() if isinstance(m, cls) for p in m.parameters())
+                  for kind, cls in kinds.items()}
+        total = sum(p.numel() for p in model.parameters())
+        rel = total - sum(counts.values())  # every other parameter is a relative (or stem position) embedding
+        lines.append(f"| `{name}` | {total:,} | {counts['conv']:,} | {counts['linear']:,} | {counts['batchnorm']:,} "
+                     f"| {rel:,} | {(total - counts['batchnorm'] - rel) / 1e6:.3f}M |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--which", choices=("imagenet", "small", "both"), default="both")
+    parser.add_argument("--which", choices=("imagenet", "small", "sasa", "both"), default="both",
+                        help="which table (default both: imagenet and small; sasa: parameters by module kind)")
     args = parser.parse_args()
+    if args.which == "sasa":
+        print("SASA-ResNets, 3x224x224 input, 1000 classes: parameters by kind of module\n")
+        print(sasa_table())
+        return
     if args.which in ("imagenet", "both"):
         print("ImageNet models, 3x224x224 input, 1000 classes\n")
         print(imagenet_table() + "\n")

@@ -7,11 +7,16 @@ issue 12: importing visionattn with every layer and model registered costs at mo
 and every ``--help`` finishes in under 0.5 s (the command line parses before it imports torch).
 
     python benchmarks/startup_time.py [--reps 7]
+    PYTHONPATH=path/to/older/checkout/src python benchmarks/startup_time.py   # the same cases for older code
+
+A case that fails (an older checkout without ``visionattn models``) is reported as "failed" and left out of the
+verdict.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
@@ -26,9 +31,10 @@ COMMANDS = ["layers", "models", "info", "bench", "train", "compare"]
 
 
 def _run(argv: list[str]) -> float:
+    """Wall seconds of one run, NaN when it fails."""
     start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
-    return time.perf_counter() - start
+    done = subprocess.run(argv, capture_output=True)
+    return time.perf_counter() - start if done.returncode == 0 else float("nan")
 
 
 def _time_all(cases: dict[str, list[str]], reps: int) -> dict[str, float]:
@@ -38,7 +44,8 @@ def _time_all(cases: dict[str, list[str]], reps: int) -> dict[str, float]:
     for _ in range(reps):
         for label, argv in cases.items():
             times[label].append(_run(argv))
-    return {label: statistics.median(t) for label, t in times.items()}
+    return {label: statistics.median(t) if not any(math.isnan(x) for x in t) else float("nan")
+            for label, t in times.items()}
 
 
 def main() -> None:
@@ -55,10 +62,10 @@ def main() -> None:
     print(f"| {'case':<{width}} | median s |")
     print(f"|{'-' * (width + 2)}|----------|")
     for label, seconds in rows:
-        print(f"| {label:<{width}} | {seconds:8.3f} |")
+        print(f"| {label:<{width}} | {'failed' if math.isnan(seconds) else f'{seconds:8.3f}':>8} |")
     times = dict(rows)
     extra = times["import visionattn + every layer and model"] - times["import torch"]
-    worst_help = max(s for label, s in rows if label.endswith("--help"))
+    worst_help = max(s for label, s in rows if label.endswith("--help") and not math.isnan(s))
     print(f"\nfull import minus import torch: {extra:+.3f} s (target <= 0.3 s: {'met' if extra <= 0.3 else 'NOT met'})")
     print(f"slowest --help: {worst_help:.3f} s (target < 0.5 s: {'met' if worst_help < 0.5 else 'NOT met'})")
 

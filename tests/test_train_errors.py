@@ -226,9 +226,9 @@ def test_run_directory_policy(fmnist, done_run, tmp_path, monkeypatch, case, mes
         target.mkdir()
         (target / "notes.txt").write_text("mine")
     elif case == "read_only":
-        import visionattn.train_checks as checks
+        import visionattn.errors as errors  # the one writability check (check_writable_dir)
 
-        monkeypatch.setattr(checks.os, "access", lambda path, mode: False)  # chmod is no test as root
+        monkeypatch.setattr(errors.os, "access", lambda path, mode: False)  # chmod is no test as root
     elif case in ("resume_missing", "resume_no_config"):
         resume = True
         if case == "resume_no_config":

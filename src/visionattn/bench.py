@@ -24,7 +24,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from visionattn.complexity import check_shape, count_macs, count_params
-from visionattn.errors import UsageError, check_non_negative, check_positive, unknown_name
+from visionattn.errors import UsageError, check_names, check_non_negative, check_positive
 from visionattn.formats import autocast, check_precision, to_channels_last
 from visionattn.registry import ATTN, create_attn_for_size
 
@@ -219,9 +219,7 @@ def bench_module(name: str, module: nn.Module, x: torch.Tensor, warmup: int = 2,
 def _check_names(names: Sequence[str], argument: str, kind: str, choices: list[str]) -> None:
     if not names:
         raise UsageError(f"{argument}: got no names, needed at least one {kind} name")
-    for name in names:
-        if name not in choices:
-            raise unknown_name(argument, kind, name, choices)
+    check_names(argument, kind, names, choices)
 
 
 def bench_layers(names: list[str], shape: tuple[int, int, int], batch: int = 8, device: str = "cpu",

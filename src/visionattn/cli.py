@@ -17,9 +17,8 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from visionattn.errors import UsageError, unknown_name
+from visionattn.errors import UsageError, check_names
 from visionattn.formats import PRECISIONS
 
 __all__ = ["main", "build_parser", "COMMANDS", "TRAIN_EXTRA"]
@@ -78,18 +77,6 @@ def seeds_arg(text: str) -> list[int]:
     return seeds
 
 
-def _check_names(argument: str, kind: str, names: Sequence[str], choices: Sequence[str]) -> None:
-    for name in names:
-        if name not in choices:
-            raise unknown_name(argument, kind, name, choices)
-
-
-def _family_names(registry: Any, family: str | None, kind: str) -> list[str]:
-    if family is not None and family not in registry.families():
-        raise unknown_name("--family", f"{kind} family", family, registry.families())
-    return registry.names(family)
-
-
 # --------------------------------------------------------------------------------------------- the commands
 def _models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default=None, help="only this family, e.g. resnet-small (default: every family)")
@@ -99,7 +86,7 @@ def _models_run(args: argparse.Namespace) -> int:
     from visionattn.complexity import format_table
     from visionattn.registry import MODELS
 
-    names = _family_names(MODELS, args.family, "model")
+    names = MODELS.names(args.family, "--family")
     rows = [{"name": n, "family": MODELS.get(n).family, "description": MODELS.get(n).description} for n in names]
     print(f"{len(rows)} registered models (visionattn info NAME for parameters and multiply-adds)\n")
     print(format_table(rows, ["name", "family", "description"]))
@@ -117,7 +104,7 @@ def _layers_run(args: argparse.Namespace) -> int:
     from visionattn.complexity import buildable_layer_rows, format_table
     from visionattn.registry import ATTN
 
-    _family_names(ATTN, args.family, "attention layer")
+    ATTN.names(args.family, "--family")  # an unknown family fails here, before any layer is built
     h, w = args.size
     rows, unbuildable = buildable_layer_rows(args.channels, (h, w), args.family, ("--channels", "--size"))
     print(f"Registered attention layers: parameters and multiply-adds for a {args.channels}x{h}x{w} input\n")
@@ -161,12 +148,12 @@ def _bench_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     counts = (args.warmup, args.reps, args.precision, args.channels_last)
     if args.models:
-        _check_names("--models", "model", args.models, MODELS.names())
+        check_names("--models", "model", args.models, MODELS.names())
         shape = args.input or (3, 224, 224)
         results = bench_models(args.models, shape, args.batch, args.num_classes, device, *counts)
     else:
         names = ATTN.names() if args.layers == ["all"] else args.layers
-        _check_names("--layers", "attention layer", names, ATTN.names())
+        check_names("--layers", "attention layer", names, ATTN.names())
         shape = args.input or (64, 56, 56)
         results = bench_layers(names, shape, args.batch, device, *counts)
     print(write_report(results, shape, args, args.csv))
@@ -184,7 +171,7 @@ def _info_run(args: argparse.Namespace) -> int:
     from visionattn.info import describe
     from visionattn.registry import MODELS
 
-    _check_names("model", "model", [args.model], MODELS.names())
+    check_names("model", "model", [args.model], MODELS.names())
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     print(describe(args.model, args.input, **kwargs))
     return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
 from collections import Counter
 from dataclasses import replace
@@ -27,7 +26,7 @@ import torch
 from visionattn.bench import bench_module, median_ms
 from visionattn.checkpoint import atomic_write
 from visionattn.complexity import format_table
-from visionattn.errors import UsageError, check_choice, check_positive, unknown_name
+from visionattn.errors import UsageError, check_choice, check_positive, check_writable_dir, unknown_name
 from visionattn.formats import autocast
 from visionattn.info import build_for_input
 from visionattn.recipe import TrainConfig
@@ -178,14 +177,7 @@ def check_output_dir(out: str | Path, argument: str = "out") -> Path:
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{argument}: {str(out)!r} is a file, needed a folder (new or an earlier comparison's)")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{argument}: cannot make {str(out)!r}: {str(existing)!r} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{argument}: cannot write in {str(existing)!r}: permission denied")
-    return path
+    return check_writable_dir(path, argument)
 
 
 _NOT_RECIPE = ("model", "seed", "run_dir", "progress", "device", "threads", "ckpt_every", "overwrite")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["UsageError", "did_you_mean", "unknown_name", "check_positive", "check_non_negative", "check_finite",
-           "check_range", "check_choice"]
+__all__ = ["UsageError", "did_you_mean", "unknown_name", "check_names", "check_positive", "check_non_negative",
+           "check_finite", "check_range", "check_choice", "check_writable_dir"]
 
 
 class UsageError(ValueError):
@@ -38,6 +40,29 @@ def unknown_name(argument: str, kind: str, name: Any, choices: Iterable[str]) ->
     hint = did_you_mean(str(name), choices)
     listing = "" if hint else f"; the {kind} names are: {', '.join(choices)}"
     return UsageError(f"{argument}: unknown {kind} name {name!r}{hint}{listing}")
+
+
+def check_names(argument: str, kind: str, names: Sequence[str], choices: Iterable[str]) -> None:
+    """Every one of ``names`` is one of ``choices``; the first that is not gets :func:`unknown_name`'s error."""
+    choices = list(choices)
+    for name in names:
+        if name not in choices:
+            raise unknown_name(argument, kind, name, choices)
+
+
+def check_writable_dir(path: str | os.PathLike, argument: str) -> Path:
+    """``path`` is a directory that exists or can be made by this user: its nearest existing ancestor is a
+    writable directory (checked before any work, so a run never fails on its output folder at the end)."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{argument}: got {str(path)!r}, but {existing} is a file; needed a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{argument}: got {str(path)!r}, but {existing} is not writable; needed a directory this "
+                         "user can write")
+    return path
 
 
 def check_finite(argument: str, value: float) -> float:

@@ -126,11 +126,12 @@ class Registry:
         except (KeyError, TypeError):
             raise unknown_name("name", self.kind, name, self._entries) from None
 
-    def names(self, family: str | None = None) -> list[str]:
-        """Sorted names, of one ``family`` only when given (an unknown family is an error, not an empty list)."""
+    def names(self, family: str | None = None, argument: str = "family") -> list[str]:
+        """Sorted names, of one ``family`` only when given (an unknown family is an error naming ``argument``,
+        not an empty list)."""
         _register_all()
         if family is not None and family not in self.families():
-            raise unknown_name("family", f"{self.kind} family", family, self.families())
+            raise unknown_name(argument, f"{self.kind} family", family, self.families())
         return sorted(n for n, e in self._entries.items() if family is None or e.family == family)
 
     def families(self) -> list[str]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visionattn.errors import UsageError, did_you_mean, unknown_name
+from visionattn.errors import UsageError, check_writable_dir, did_you_mean, unknown_name
 from visionattn.recipe import TrainConfig
 from visionattn.runlog import RUN_FILES
 
@@ -153,18 +152,6 @@ def _check_data(cfg: TrainConfig) -> None:
 
 
 # -------------------------------------------------------------------------------------------- run directory
-def _check_writable(path: Path, argument: str) -> None:
-    """``path`` (a directory, which may not exist yet) can be created and written."""
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"{argument}: got {str(path)!r}, but {existing} is a file; needed a directory path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"{argument}: got {str(path)!r}, but {existing} is not writable; needed a directory this "
-                         "user can write")
-
-
 def _holds_run(path: Path) -> bool:
     return any((path / name).exists() for name in ("config.json", "result.json", "checkpoints/latest.json"))
 
@@ -178,13 +165,13 @@ def _run_model(path: Path) -> str:
 
 def _check_new_run_dir(cfg: TrainConfig, overwrite: bool) -> None:
     if cfg.run_dir is None:
-        _check_writable(Path("runs"), "--run-dir (default runs/<model>-<timestamp>)")
+        check_writable_dir(Path("runs"), "--run-dir (default runs/<model>-<timestamp>)")
         return
     path = Path(cfg.run_dir)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--run-dir: got {cfg.run_dir!r}, a file; needed a directory (a new one, or an earlier "
                          "run's with --resume)")
-    _check_writable(path, "--run-dir")
+    check_writable_dir(path, "--run-dir")
     if not path.is_dir() or overwrite:
         return
     if _holds_run(path):
@@ -205,7 +192,7 @@ def _check_resumable(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise UsageError(f"--resume: {path} holds no config.json; needed the directory of an earlier run (one that "
                          "`visionattn train` wrote)")
-    _check_writable(path, "--resume")
+    check_writable_dir(path, "--resume")
 
 
 def saved_config(run_dir: str | Path) -> dict[str, Any]:
