@@ -2,7 +2,8 @@
 
 Multiply-adds come from ``torch.utils.flop_counter`` (see :mod:`visionattn.complexity`): convolutions and
 matrix products, one eval-mode forward pass of one image. The stages are the model's top-level children, with
-a top-level ``nn.Sequential`` of composite parts (a ResNet's ``stages``) opened one level.
+a top-level ``nn.Sequential`` of composite parts opened one level, or the groups a model names itself
+(``info_groups()``: a ResNet's stem, layer1 ... layerN and head).
 """
 
 from __future__ import annotations
@@ -64,14 +65,19 @@ def build_for_input(name: str, input_size: InputSize | None = None, **kwargs: An
     return model, input_size  # type: ignore[return-value]
 
 
-def _stage_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    rows: list[tuple[str, nn.Module]] = []
+def _stage_modules(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
+    """The rows: a model's own ``info_groups()`` (a ResNet: stem, layer1 ... layerN, head), else its top-level
+    children with a top-level ``nn.Sequential`` of composite parts opened one level."""
+    groups = getattr(model, "info_groups", None)
+    if callable(groups):
+        return [(name, list(modules)) for name, modules in groups()]
+    rows: list[tuple[str, list[nn.Module]]] = []
     for name, child in model.named_children():
         parts = list(child.named_children()) if isinstance(child, nn.Sequential) else []
         if parts and all(any(True for _ in part.children()) for _, part in parts):
-            rows += parts
+            rows += [(n, [p]) for n, p in parts]
         else:
-            rows.append((name, child))
+            rows.append((name, [child]))
     return rows
 
 
@@ -88,7 +94,7 @@ def model_info(model: nn.Module, input_size: InputSize) -> ModelInfo:
     arithmetic (the counts depend on shapes only).
     """
     stages = _stage_modules(model)
-    rows = [{"name": n, "output": "-", "params": count_params(m), "macs": 0} for n, m in stages]
+    rows = [{"name": n, "output": "-", "params": sum(count_params(m) for m in ms), "macs": 0} for n, ms in stages]
     counter = FlopCounterMode(display=False)
     start: dict[int, int] = {}
 
@@ -103,8 +109,8 @@ def model_info(model: nn.Module, input_size: InputSize) -> ModelInfo:
         return hook
 
     handles = []
-    for i, (_, module) in enumerate(stages):
-        handles += [module.register_forward_pre_hook(pre_hook(i)), module.register_forward_hook(post_hook(i))]
+    for i, (_, modules) in enumerate(stages):  # a group runs from its first module's input to its last's output
+        handles += [modules[0].register_forward_pre_hook(pre_hook(i)), modules[-1].register_forward_hook(post_hook(i))]
     was_training = model.training
     model.eval()
     try:

@@ -58,7 +58,7 @@ def test_official_checkpoint_layout_is_registered():
     def kernels(name):
         with torch.device("meta"):
             model = visionattn.create_model(name)
-        return [sorted({b.attn.kernel_size for b in stage if hasattr(b, "attn")}) for stage in model.stages]
+        return [sorted({b.se.kernel_size for b in stage if hasattr(b, "se")}) for stage in model.stages()]
 
     assert kernels("eca_resnet50") == [[5], [5], [5], [7]]
     assert kernels("eca_resnet50_k3557") == [[3], [5], [5], [7]]

@@ -22,26 +22,26 @@ def test_se_matches_equations():
     layer = SqueezeExcite(8, rd_ratio=1 / 4).double()
     x = _x()
     z = direct.mean_hw(x)  # eq. 2.1
-    h = direct.relu(direct.linear(z, layer.fc.fc1.weight, layer.fc.fc1.bias))
-    a = direct.sigmoid(direct.linear(h, layer.fc.fc2.weight, layer.fc.fc2.bias))  # eq. 2.2
+    h = direct.relu(direct.linear(z, layer.fc1.weight, layer.fc1.bias))
+    a = direct.sigmoid(direct.linear(h, layer.fc2.weight, layer.fc2.bias))  # eq. 2.2
     torch.testing.assert_close(layer(x), _scale(x, a))
 
 
 def test_se_bottleneck_width_follows_rd_arguments():
-    assert SqueezeExcite(64).fc.fc1.out_channels == 4  # C / 16
-    assert SqueezeExcite(64, rd_ratio=0.25).fc.fc1.out_channels == 16
-    assert SqueezeExcite(64, rd_channels=10).fc.fc1.out_channels == 10
-    assert SqueezeExcite(100, rd_ratio=1 / 16, rd_divisor=8).fc.fc1.out_channels == 8
-    assert SqueezeExcite(8).fc.fc1.out_channels == 1  # never below one
+    assert SqueezeExcite(64).fc1.out_channels == 4  # C / 16
+    assert SqueezeExcite(64, rd_ratio=0.25).fc1.out_channels == 16
+    assert SqueezeExcite(64, rd_channels=10).fc1.out_channels == 10
+    assert SqueezeExcite(100, rd_ratio=1 / 16, rd_divisor=8).fc1.out_channels == 8
+    assert SqueezeExcite(8).fc1.out_channels == 1  # never below one
 
 
 def test_se_activation_and_gate_are_swappable():
     layer = create_attn("se", 8, rd_ratio=0.5, act_layer="silu", gate_layer="hard_sigmoid").double()
     x = _x()
     z = direct.mean_hw(x)
-    h = direct.linear(z, layer.fc.fc1.weight, layer.fc.fc1.bias)
+    h = direct.linear(z, layer.fc1.weight, layer.fc1.bias)
     h = h * direct.sigmoid(h)
-    v = direct.linear(h, layer.fc.fc2.weight, layer.fc.fc2.bias)
+    v = direct.linear(h, layer.fc2.weight, layer.fc2.bias)
     a = torch.clamp(v / 6 + 0.5, 0, 1)
     torch.testing.assert_close(layer(x), _scale(x, a))
 

@@ -20,21 +20,21 @@ def test_info_resnet50_reports_4_1_gmacs(capsys):
     assert "25,557,032 parameters" in out
     gmacs = float(re.search(r"([\d.]+) GMACs", out).group(1))
     assert gmacs == pytest.approx(4.09, abs=0.01)
-    for stage, shape in [("stem", "64x56x56"), ("stage1", "256x56x56"), ("stage4", "2048x7x7"), ("head", "1000")]:
+    for stage, shape in [("stem", "64x56x56"), ("layer1", "256x56x56"), ("layer4", "2048x7x7"), ("head", "1000")]:
         assert re.search(rf"\| {stage}\s+\| {shape}\s+\|", out), stage
 
 
 def test_info_rebuilds_for_the_requested_input(capsys):
     out = _run(capsys, "ge_theta_resnet20", "--input", "3x32x32", "--num-classes", "100")
     assert "input 1x3x32x32" in out
-    assert re.search(r"\| stage3\s+\| 64x8x8\s+\|", out) and re.search(r"\| head\s+\| 100\s+\|", out)
+    assert re.search(r"\| layer3\s+\| 64x8x8\s+\|", out) and re.search(r"\| head\s+\| 100\s+\|", out)
 
 
 def test_stage_rows_add_up_to_the_totals():
     model, size = build_for_input("bam_resnet20")
     info = model_info(model, size)
     assert size == (1, 28, 28)
-    assert [r["name"] for r in info.rows] == ["stem", "stage1", "stage2", "stage3", "head"]
+    assert [r["name"] for r in info.rows] == ["stem", "layer1", "layer2", "layer3", "head"]
     assert sum(r["params"] for r in info.rows) == info.params
     assert sum(r["macs"] for r in info.rows) == info.macs > 0
 

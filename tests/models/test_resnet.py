@@ -41,42 +41,43 @@ def test_se_sits_in_every_block_before_the_addition():
     model = _meta("se_resnet50")
     blocks = _blocks(model)
     assert len(blocks) == 16
-    assert all(isinstance(b.attn, SqueezeExcite) for b in blocks)
+    assert all(isinstance(b.se, SqueezeExcite) for b in blocks)
     assert len(_located(model, SqueezeExcite)) == 16
 
 
 def test_bam_sits_only_at_the_ends_of_the_first_stages():
     assert _located(_meta("bam_resnet50"), BottleneckAttention) == [
-        "stages.stage1.3", "stages.stage2.4", "stages.stage3.6"]
-    assert _located(_meta("bam_resnet20"), BottleneckAttention) == ["stages.stage1.3", "stages.stage2.3"]
+        "layer1.attn", "layer2.attn", "layer3.attn"]
+    assert _located(_meta("bam_resnet20"), BottleneckAttention) == ["layer1.attn", "layer2.attn"]
 
 
 def test_attn_where_overrides_the_papers_placement():
     model = _meta("resnet50", attn="se", attn_where="stage")
-    assert _located(model, SqueezeExcite) == ["stages.stage1.3", "stages.stage2.4", "stages.stage3.6"]
+    assert _located(model, SqueezeExcite) == ["layer1.attn", "layer2.attn", "layer3.attn"]
 
 
 def test_sknet_replaces_each_3x3_with_a_grouped_selective_kernel():
     model = _meta("sknet50")
     for block in _blocks(model):
-        sk = block.branch[1]
+        sk = block.conv2
         assert isinstance(sk, SelectiveKernel)  # no BN/ReLU added: SK brings its own
-        assert [b[0].groups for b in sk.split.branches] == [32, 32]
-        assert [b[0].dilation for b in sk.split.branches] == [(1, 1), (2, 2)]
+        assert [p.conv.groups for p in sk.paths] == [32, 32]
+        assert [p.conv.dilation for p in sk.paths] == [(1, 1), (2, 2)]
     assert len(_located(model, SelectiveKernel)) == 16
 
 
 def test_resnest_recipe():
     model = _meta("resnest50")
-    convs = [m for m in model.stem.convs if isinstance(m, nn.Conv2d)]
+    convs = [m for m in model.conv1 if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 32, 64]  # deep stem
     pooled = 0
     for block in _blocks(model):
-        splat = block.branch[1]
+        splat = block.conv2
         assert isinstance(splat, SplitAttention) and splat.radix == 2 and splat.groups == 1
-        if isinstance(block.shortcut, nn.Sequential) and isinstance(block.shortcut[0], nn.AvgPool2d):
+        assert isinstance(block.bn2, nn.Identity) and isinstance(block.act2, nn.Identity)  # SplAt has its own
+        if isinstance(block.downsample, nn.Sequential) and isinstance(block.downsample[0], nn.AvgPool2d):
             pooled += 1  # average-pool shortcut (ResNet-D) in each strided block ...
-            assert isinstance(block.branch[2], nn.AvgPool2d)  # ... and avd: a 3x3 pool after the SplAt
+            assert isinstance(block.avd, nn.AvgPool2d)  # ... and avd: a 3x3 pool after the SplAt
     assert pooled == 3
 
 
@@ -86,15 +87,15 @@ def test_expert_convs_replace_every_block_conv_but_not_stem_or_shortcut(name, ki
     blocks = _blocks(model)
     per_block = 3 if isinstance(blocks[0], Bottleneck) else 2
     assert len(_located(model, kind)) == per_block * len(blocks)
-    assert all(not isinstance(m, kind) for m in model.stem.modules())
-    assert all(not isinstance(m, kind) for b in blocks for m in b.shortcut.modules())
+    assert not isinstance(model.conv1, kind)
+    assert all(not isinstance(m, kind) for b in blocks for m in b.downsample.modules())
 
 
 def test_ge_theta_global_gather_spans_each_blocks_feature_map():
     for name, img, sizes in [("ge_theta_resnet50", 224, [56, 28, 14, 7]), ("ge_theta_resnet20", 28, [28, 14, 7])]:
         model = _meta(name, img_size=img)
-        assert all(isinstance(b.attn, GatherExcite) for b in _blocks(model))
-        kernels = sorted({b.attn.gather[0].kernel_size for b in _blocks(model)}, reverse=True)
+        assert all(isinstance(b.se, GatherExcite) for b in _blocks(model))
+        kernels = sorted({b.se.gather[0].kernel_size for b in _blocks(model)}, reverse=True)
         assert kernels == [(s, s) for s in sizes]
 
 
@@ -109,10 +110,10 @@ def test_small_image_versions_default_to_fashion_mnist_and_take_cifar():
     model = visionattn.create_model("cbam_resnet20").eval()
     assert model.input_size == (1, 28, 28) and model.num_classes == 10
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
-    assert [f["reduction"] for f in model.feature_info] == [1, 2, 4]
+    assert [f["reduction"] for f in model.feature_info] == [1, 1, 2, 4]  # act1, then the stages
     cifar = visionattn.create_model("resnest29", in_chans=3, img_size=32, num_classes=100).eval()
     assert cifar(torch.randn(2, 3, 32, 32)).shape == (2, 100)
-    assert isinstance(cifar.stem.pool, nn.Identity)
+    assert isinstance(cifar.maxpool, nn.Identity)
 
 
 def test_resnet20_is_the_cifar_size():
@@ -122,8 +123,9 @@ def test_resnet20_is_the_cifar_size():
 
 def test_imagenet_stages_and_features():
     model = _meta("resnet50d")
-    assert [f["num_chs"] for f in model.feature_info] == [256, 512, 1024, 2048]
-    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    assert [f["module"] for f in model.feature_info] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert [f["num_chs"] for f in model.feature_info] == [64, 256, 512, 1024, 2048]
+    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8, 16, 32]
     assert model.num_features == 2048
     features = visionattn.create_model("resnet18", num_classes=0).eval()(torch.randn(1, 3, 64, 64))
     assert features.shape == (1, 512)
@@ -195,8 +197,8 @@ def test_bad_arguments_raise_usage_errors(kwargs, match):
 
 def test_attn_stage_kwargs_set_each_stage():
     model = _meta("resnet50", attn="eca", attn_stage_kwargs=[{"kernel_size": k} for k in (3, 5, 7, 9)])
-    for stage, k in zip(model.stages, (3, 5, 7, 9)):
-        assert {b.attn.kernel_size for b in stage} == {k}
+    for stage, k in zip(model.stages(), (3, 5, 7, 9)):
+        assert {b.se.kernel_size for b in stage} == {k}
     bam = _meta("resnet50", attn="bam", attn_stage_kwargs=[{"dilation": d} for d in (1, 2, 3, 4)])
     assert [m.spatial.body[3].dilation for m in bam.modules() if isinstance(m, BottleneckAttention)] == [
         (1, 1), (2, 2), (3, 3)]  # the stage-end layer takes its stage's keywords too

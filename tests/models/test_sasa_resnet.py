@@ -27,11 +27,11 @@ def test_parameter_counts_match_table_1(depth):
 
 def test_every_spatial_conv_is_attention():
     model = visionattn.create_model("sasa_resnet26", num_classes=10, img_size=32)
-    layers = [m for m in model.stages.modules() if isinstance(m, LocalSelfAttention2d)]
+    layers = [m for m in (m for stage in model.stages() for m in stage.modules()) if isinstance(m, LocalSelfAttention2d)]
     assert len(layers) == sum((1, 2, 4, 1))
     assert all(m.kernel_size == 7 and m.heads == 8 for m in layers)
     assert [m.stride for m in layers] == [1, 2, 1, 2, 1, 1, 1, 2]
-    spatial = [m for m in model.stages.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    spatial = [m for m in (m for stage in model.stages() for m in stage.modules()) if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
     assert spatial == []
 
 
@@ -54,10 +54,11 @@ def test_border_and_window_are_configurable():
 def test_attention_stem_replaces_the_stem_convolution(depth):
     conv_stem = count_params(visionattn.create_model(f"sasa_resnet{depth}"))
     model = visionattn.create_model(f"sasa_stem_resnet{depth}")
-    stem = model.stem.convs[0]
+    stem = model.conv1
     assert isinstance(stem, AttentionStem2d)
     assert (stem.kernel_size, stem.mixtures, stem.stride, stem.out_channels) == (4, 4, 1, 64)
-    assert isinstance(model.stem.pool, nn.MaxPool2d) and (model.stem.pool.kernel_size, model.stem.pool.stride) == (4, 4)
+    assert isinstance(model.maxpool, nn.MaxPool2d) and (model.maxpool.kernel_size, model.maxpool.stride) == (4, 4)
+    assert isinstance(model.act1, nn.Identity)  # the paper names no ReLU in the stem
     # 7x7x3x64 convolution weights out; q, k, 4 value projections, relative and mixture embeddings in
     assert conv_stem - count_params(model) == 7 * 7 * 3 * 64 - (6 * 64 * 3 + 4 * 64 + 3 * 4 * 64)
     assert [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)] == []
@@ -67,7 +68,7 @@ def test_attention_stem_is_attention_batchnorm_then_4x4_max_pool():
     """Section 4.1: the stem attends at full resolution (extent 4), then BatchNorm and a 4 x 4 max pooling."""
     torch.manual_seed(0)
     model = visionattn.create_model("sasa_stem_resnet26", num_classes=10, img_size=32).eval()
-    attn, bn = model.stem.convs
+    attn, bn = model.conv1, model.bn1
     with torch.no_grad():
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
         x = torch.randn(2, 3, 18, 17)  # not a multiple of 4: the last pooling window is partial
@@ -75,7 +76,7 @@ def test_attention_stem_is_attention_batchnorm_then_4x4_max_pool():
                                            eps=bn.eps)
         want = torch.stack([torch.stack([y[..., 4 * i:4 * i + 4, 4 * j:4 * j + 4].amax((-2, -1))
                                          for j in range(5)], -1) for i in range(5)], -2)
-        out = model.stem(x)
+        out = model.forward_stem(x)
     assert attn(x).shape[-2:] == (18, 17) and out.shape == (2, 64, 5, 5)
     assert (y < 0).any() and (out < 0).any()  # no ReLU between the BatchNorm and the pooling
     torch.testing.assert_close(out, want)
@@ -84,7 +85,7 @@ def test_attention_stem_is_attention_batchnorm_then_4x4_max_pool():
 def test_attention_stem_small_input():
     torch.manual_seed(0)
     model = visionattn.create_model("sasa_stem_resnet26", num_classes=10, small_input=True, img_size=16)
-    assert model.stem.convs[0].stride == 1 and isinstance(model.stem.pool, nn.Identity)
+    assert model.conv1.stride == 1 and isinstance(model.maxpool, nn.Identity)
     out = model(torch.randn(2, 3, 16, 16))
     assert out.shape == (2, 10)
 

@@ -27,6 +27,7 @@ __all__ = [
     "get_act_layer",
     "create_act",
     "ConvMlp",
+    "ConvNormAct",
     "pair",
 ]
 
@@ -190,6 +191,32 @@ class ConvMlp(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.bn(self.fc1(z))))
+
+
+class ConvNormAct(nn.Module):
+    """A convolution, its BatchNorm and an activation as one unit with the children ``conv``, ``bn``, ``act``.
+
+    The ecosystem's name for this unit (timm's ``ConvNormAct``): SK's paths and the convolutions of the SK
+    networks are laid out this way, so their checkpoints load by name.
+
+    Args:
+        conv: the convolution (any module that maps C_in to ``out_channels`` channels).
+        out_channels: channels of the BatchNorm.
+        act_layer: activation after the BatchNorm (None: none).
+
+    Shape:
+        - Input: what ``conv`` takes
+        - Output: what ``conv`` gives
+    """
+
+    def __init__(self, conv: nn.Module, out_channels: int, act_layer: LayerSpec = "relu") -> None:
+        super().__init__()
+        self.conv = conv
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = create_act(act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
 
 
 def is_power_of_two(value: int) -> bool:

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from visionattn.layers.helpers import (
-    ConvMlp,
     LayerSpec,
     check_bool,
     check_feature_map,
@@ -62,6 +61,9 @@ class SqueezeExcite(ChannelGate):
         gate_layer: gate (paper: sigmoid).
         bias: biases on the two fully-connected layers (the paper's code has them; eq. 2.2 omits them).
 
+    The two fully connected layers are 1x1 convolutions named ``fc1`` and ``fc2`` (W1 and W2), as in timm's and
+    torchvision's SE-ResNets, so their checkpoints load by name.
+
     Shape:
         - Input: (B, C, H, W)
         - Output: (B, C, H, W)
@@ -72,10 +74,12 @@ class SqueezeExcite(ChannelGate):
                  bias: bool = True) -> None:
         super().__init__(channels, gate_layer)
         hidden = reduced_channels(channels, rd_ratio, rd_channels, rd_divisor)
-        self.fc = ConvMlp(channels, hidden, act_layer, bias=bias)
+        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=check_bool("bias", bias))  # W1
+        self.act = create_act(act_layer)
+        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)  # W2
 
     def excite(self, z: torch.Tensor) -> torch.Tensor:
-        return self.fc(z)  # eq. 2.2 without the gate
+        return self.fc2(self.act(self.fc1(z)))  # eq. 2.2 without the gate
 
 
 @register_attn("se_var1", paper=_ECA_PAPER, family="channel",

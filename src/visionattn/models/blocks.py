@@ -1,23 +1,36 @@
-"""The pieces of a ResNet: stems, the projection shortcut, the basic and bottleneck blocks.
+"""The pieces of a ResNet: the stem, the projection shortcut, the basic and bottleneck blocks.
 
 He et al. 2016 (ResNet), Xie et al. 2017 (ResNeXt: grouped 3x3, width ``planes * base_width / 64 * groups``),
 He et al. 2019 ("Bag of Tricks", ResNet-D: deep 3x3 stem and average-pool downsampling in the shortcut), and
 Zhang et al. 2020 (ResNeSt's ``avd``: the 3x3 runs at stride 1 and a 3x3 average pool downsamples after it).
 Every attention layer is placed by an :class:`~visionattn.models.plug.AttnPlug`; the blocks only ask it.
+
+Module names are the ecosystem's, so that torchvision's and timm's checkpoints load by name (``strict=True``):
+a block holds ``conv1``, ``bn1``, ``act1``, ``conv2``, ... in order, the block attention as ``se`` (timm's name
+for every attention slot of a ResNet block, whatever the layer) and the projection shortcut as ``downsample``
+(``downsample.0`` conv and ``downsample.1`` BN, or ``downsample.0`` pool, ``.1`` conv, ``.2`` BN for ResNet-D).
+A layer with its own BN and ReLU in place of a convolution (SplAt) leaves ``bn2`` and ``act2`` as identities,
+as timm's ResNeSt does. The SK networks follow timm's SKNet layout instead (``layout="units"``): each
+convolution is a unit with ``conv``, ``bn``, ``act`` children (``conv1.conv``, ``conv1.bn``), and SK is
+``conv2`` itself. The last convolution's activation comes after the addition, under the last index (``act3`` of
+a bottleneck, ``act2`` of a basic block).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from visionattn.errors import UsageError, check_choice
-from visionattn.layers.helpers import check_positive_int
+from visionattn.layers.helpers import ConvNormAct, check_positive_int
 from visionattn.models.plug import AttnPlug, conv2d
 
-__all__ = ["Stem", "BasicBlock", "Bottleneck", "make_shortcut", "downsampled", "BLOCKS"]
+__all__ = ["BasicBlock", "Bottleneck", "GlobalAvgPool", "make_stem", "make_shortcut", "downsampled", "BLOCKS",
+           "LAYOUTS"]
 
 Size = tuple[int, int]
+LAYOUTS = ("flat", "units")
 
 
 def downsampled(size: Size | None, stride: int) -> Size | None:
@@ -27,51 +40,26 @@ def downsampled(size: Size | None, stride: int) -> Size | None:
     return (-(-size[0] // stride), -(-size[1] // stride))
 
 
-class Stem(nn.Module):
-    """The ResNet stem: the input to the first stage.
+def make_stem(in_chans: int, stem_type: str = "basic", stem_width: int = 64,
+              small_input: bool = False) -> tuple[nn.Module, int, int]:
+    """The stem's convolution ``conv1`` (the ResNet adds ``bn1``, ``act1`` and ``maxpool``); returns
+    ``(conv1, out_channels, stride)``.
 
-    - ``"basic"``: 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max pool (ResNet); output stride 4.
-    - ``"deep"``: three 3x3 convs (stride 2, 1, 1) of widths w, w, 2w with BN + ReLU, then the max pool
-      (ResNet-C/D, ResNeSt); output stride 4.
-    - ``small_input=True``: the same convolutions at stride 1 with a 3x3 kernel and no max pool, for 28x28
-      and 32x32 images (CIFAR-style); output stride 1.
-
-    Args:
-        in_chans: image channels.
-        stem_type: ``"basic"`` or ``"deep"``.
-        stem_width: w, the width of the (first) stem conv; the stem gives w (basic) or 2w (deep) channels.
-        small_input: use the small-image stem.
-
-    Shape:
-        - Input: (B, in_chans, H, W)
-        - Output: (B, out_channels, ceil(H / s), ceil(W / s)), s = ``reduction`` (4, or 1 for small input)
+    - ``"basic"``: one 7x7 stride-2 convolution (ResNet).
+    - ``"deep"``: three 3x3 convolutions (stride 2, 1, 1) of widths w, w, 2w with BN + ReLU between them, as
+      one ``nn.Sequential`` (indices 0-6, the layout of timm's ResNet-D and ResNeSt checkpoints).
+    - ``small_input=True``: the same at stride 1 with a 3x3 kernel, for 28x28 and 32x32 images (CIFAR-style).
     """
-
-    def __init__(self, in_chans: int, stem_type: str = "basic", stem_width: int = 64,
-                 small_input: bool = False) -> None:
-        super().__init__()
-        check_positive_int("in_chans", in_chans)
-        check_positive_int("stem_width", stem_width)
-        stride = 1 if small_input else 2
-        check_choice("stem_type", stem_type, ("basic", "deep"))
-        if stem_type == "basic":
-            widths, kernels = [stem_width], [3 if small_input else 7]
-        else:
-            widths, kernels = [stem_width, stem_width, 2 * stem_width], [3, 3, 3]
-        layers: list[nn.Module] = []
-        for i, (width, k) in enumerate(zip(widths, kernels)):
-            layers += [conv2d(in_chans if i == 0 else widths[i - 1], width, k, stride if i == 0 else 1),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        self.convs = nn.Sequential(*layers)
-        self.pool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
-        self.in_chans, self.out_channels = in_chans, widths[-1]
-        self.reduction = 1 if small_input else 4
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise UsageError(f"the network expects images (B, {self.in_chans}, H, W), got a tensor of shape "
-                             f"{tuple(x.shape)}; set in_chans to match")
-        return self.pool(self.convs(x))
+    check_positive_int("in_chans", in_chans)
+    check_positive_int("stem_width", stem_width)
+    check_choice("stem_type", stem_type, ("basic", "deep"))
+    stride = 1 if small_input else 2
+    if stem_type == "basic":
+        return conv2d(in_chans, stem_width, 3 if small_input else 7, stride), stem_width, stride
+    w = stem_width
+    convs = nn.Sequential(conv2d(in_chans, w, 3, stride), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                          conv2d(w, w, 3), nn.BatchNorm2d(w), nn.ReLU(inplace=True), conv2d(w, 2 * w, 3))
+    return convs, 2 * w, stride
 
 
 def make_shortcut(in_chs: int, out_chs: int, stride: int, avg_down: bool = False) -> nn.Module:
@@ -89,25 +77,71 @@ def make_shortcut(in_chs: int, out_chs: int, stride: int, avg_down: bool = False
     return nn.Sequential(conv2d(in_chs, out_chs, 1, stride), nn.BatchNorm2d(out_chs))
 
 
-class _Residual(nn.Module):
-    """``ReLU(attn(branch(x)) + shortcut(x))``: what both blocks share once their branch is built."""
+class GlobalAvgPool(nn.Module):
+    """Global average pooling to a vector (the classifier's input).
 
-    branch: nn.Module
+    Shape:
+        - Input: (B, C, H, W)
+        - Output: (B, C)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+class _Residual(nn.Module):
+    """``act(se(branch(x)) + downsample(x))``: what both blocks share once their convolutions are added.
+
+    The branch is the sequence of named modules in ``_path`` (``conv1``, ``bn1``, ``act1``, ...), so the
+    modules carry the ecosystem's names and the forward pass reads them in order.
+    """
+
+    def __init__(self, plug: AttnPlug) -> None:
+        super().__init__()
+        self.layout = plug.layout
+        self._path: list[str] = []
+        self._units = 0
+
+    def _add_conv(self, plug: AttnPlug, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
+                  groups: int = 1, act: bool = True) -> None:
+        """Convolution number i (1, 2, ...) with its BN and (unless it is the last) its ReLU."""
+        self._units += 1
+        i = self._units
+        conv, own_norm = plug.conv(in_chs, out_chs, kernel_size, stride, groups, act)
+        if self.layout == "units":
+            unit = conv if own_norm else ConvNormAct(conv, out_chs, "relu" if act else None)
+            setattr(self, f"conv{i}", unit)
+            self._path.append(f"conv{i}")
+            return
+        setattr(self, f"conv{i}", conv)
+        setattr(self, f"bn{i}", nn.Identity() if own_norm else nn.BatchNorm2d(out_chs))
+        self._path += [f"conv{i}", f"bn{i}"]
+        if act:
+            setattr(self, f"act{i}", nn.Identity() if own_norm else nn.ReLU(inplace=True))
+            self._path.append(f"act{i}")
+
+    def _add_module_to_path(self, name: str, module: nn.Module) -> None:
+        setattr(self, name, module)
+        self._path.append(name)
 
     def _finish(self, in_chs: int, out_chs: int, stride: int, plug: AttnPlug, feat_size: Size | None,
                 avg_down: bool) -> None:
-        self.attn = plug.block_attn(out_chs, feat_size)
-        self.shortcut = make_shortcut(in_chs, out_chs, stride, avg_down)
-        self.act = nn.ReLU(inplace=True)
+        self.se = plug.block_attn(out_chs, feat_size)
+        setattr(self, f"act{self._units}", nn.ReLU(inplace=True))  # after the addition
+        self.downsample = make_shortcut(in_chs, out_chs, stride, avg_down)
+        self._act_out = f"act{self._units}"
         self.in_chs, self.out_channels = in_chs, out_chs
 
     def last_bn(self) -> nn.BatchNorm2d:
         """The BatchNorm that ends the residual branch (zeroed by ``zero_init_last``)."""
-        bns = [m for m in self.branch[-1].modules() if isinstance(m, nn.BatchNorm2d)]
-        return bns[-1]
+        last = getattr(self, f"conv{self._units}") if self.layout == "units" else self
+        return getattr(last, "bn" if self.layout == "units" else f"bn{self._units}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.attn(self.branch(x)) + self.shortcut(x))
+        out = x
+        for name in self._path:
+            out = getattr(self, name)(out)
+        return getattr(self, self._act_out)(self.se(out) + self.downsample(x))
 
 
 class BasicBlock(_Residual):
@@ -133,14 +167,14 @@ class BasicBlock(_Residual):
     def __init__(self, in_chs: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64,
                  plug: AttnPlug | None = None, feat_size: Size | None = None, avg_down: bool = False,
                  avd: bool = False, stride_in_1x1: bool = False) -> None:
-        super().__init__()
         if groups != 1 or base_width != 64 or avd or stride_in_1x1:
             raise UsageError(f"BasicBlock supports groups=1, base_width=64, avd=False, stride_in_1x1=False only, "
                              f"got groups={groups}, base_width={base_width}, avd={avd}, "
                              f"stride_in_1x1={stride_in_1x1}; use the bottleneck block")
         plug = plug or AttnPlug()
-        self.branch = nn.Sequential(plug.conv_unit(in_chs, planes, 3, stride),
-                                    plug.conv_unit(planes, planes, 3, act=False))
+        super().__init__(plug)
+        self._add_conv(plug, in_chs, planes, 3, stride)
+        self._add_conv(plug, planes, planes, 3, act=False)
         self._finish(in_chs, planes, stride, plug, feat_size, avg_down)
 
 
@@ -149,7 +183,8 @@ class Bottleneck(_Residual):
 
     The stride sits on the 3x3 convolution (ResNet v1.5, as torchvision and timm), on the first 1x1 with
     ``stride_in_1x1`` (ResNet v1, the original Caffe models the SE, CBAM and GE papers start from: same
-    parameters, ~6% fewer multiply-adds), or, with ``avd``, on a 3x3 average pool after the 3x3 (ResNeSt).
+    parameters, ~6% fewer multiply-adds), or, with ``avd``, on a 3x3 average pool ``avd`` after the 3x3
+    (ResNeSt).
 
     Args:
         in_chs: input channels.
@@ -174,25 +209,24 @@ class Bottleneck(_Residual):
     def __init__(self, in_chs: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64,
                  plug: AttnPlug | None = None, feat_size: Size | None = None, avg_down: bool = False,
                  avd: bool = False, stride_in_1x1: bool = False) -> None:
-        super().__init__()
         check_positive_int("groups", groups)
         if avd and stride_in_1x1:
             raise UsageError("avd and stride_in_1x1 both place the block's stride; choose one")
         check_positive_int("base_width", base_width)
-        plug = plug or AttnPlug()
         width = int(planes * base_width / 64) * groups
         if width == 0:
             raise UsageError(f"base_width too small: planes={planes} * base_width={base_width} / 64 gives no "
                              f"channels per group")
+        plug = plug or AttnPlug()
+        super().__init__(plug)
         out_chs = planes * self.expansion
         pool_after = avd and stride > 1
         mid_stride = 1 if pool_after or stride_in_1x1 else stride
-        self.branch = nn.Sequential(
-            plug.conv_unit(in_chs, width, 1, stride if stride_in_1x1 else 1),
-            plug.conv_unit(width, width, 3, mid_stride, groups),
-            nn.AvgPool2d(3, stride, padding=1) if pool_after else nn.Identity(),
-            plug.conv_unit(width, out_chs, 1, act=False),
-        )
+        self._add_conv(plug, in_chs, width, 1, stride if stride_in_1x1 else 1)
+        self._add_conv(plug, width, width, 3, mid_stride, groups)
+        if pool_after:
+            self._add_module_to_path("avd", nn.AvgPool2d(3, stride, padding=1))
+        self._add_conv(plug, width, out_chs, 1, act=False)
         self._finish(in_chs, out_chs, stride, plug, feat_size, avg_down)
 
 

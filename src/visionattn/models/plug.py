@@ -37,6 +37,8 @@ PLACEMENTS = ("block", "stage", "conv")
 _STAGE_END = frozenset({"bam"})
 # these carry their own BN + ReLU after the convolution (SK eq. 7.1, SplAt eq. 8.1)
 _OWN_NORM_ACT = frozenset({"sk", "splat", "splat0"})
+# blocks with these are laid out as timm's SKNet (each convolution a unit with .conv / .bn), not flat
+_UNIT_LAYOUT = frozenset({"sk"})
 # these replace every convolution of the residual branch, not only the kxk one
 _EVERY_CONV = frozenset({"condconv", "dynamic_conv"})
 
@@ -154,26 +156,30 @@ class AttnPlug:
             return True
         return kernel_size > 1 and act
 
-    def conv_unit(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                  act: bool = True) -> nn.Module:
-        """Convolution + BN (+ ReLU if ``act``), with the plug's layer in place of the convolution if it
-        replaces this one; SK and SplAt bring their own BN + ReLU, so nothing is added after them.
+    @property
+    def layout(self) -> str:
+        """How a block names its convolutions: ``"units"`` (``conv1.conv``, ``conv1.bn``: timm's SKNet layout)
+        for SK, ``"flat"`` (``conv1``, ``bn1``: torchvision's and timm's ResNet layout) for everything else."""
+        return "units" if self.name in _UNIT_LAYOUT else "flat"
+
+    def conv(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
+             groups: int = 1, act: bool = True) -> tuple[nn.Module, bool]:
+        """The convolution of a block, or the plug's layer in its place if it replaces this one; and whether
+        that module brings its own BN and ReLU (SK, SplAt), so that the block adds none after it.
 
         Shape:
             - Input: (B, in_chs, H, W)
             - Output: (B, out_chs, ceil(H / stride), ceil(W / stride))
         """
         if not self.replaces(kernel_size, act):
-            conv: nn.Module = conv2d(in_chs, out_chs, kernel_size, stride, groups)
-        else:
-            if "kernel_size" in self.kwargs:
-                raise UsageError(f"attn_kwargs: 'kernel_size' is set by the network for every {self.name!r} layer "
-                                 f"(the kernel of the convolution it replaces); leave it out")
-            conv = self._build(in_chs, None, out_channels=out_chs, kernel_size=kernel_size, stride=stride,
-                               groups=groups)
-            if self.name in _OWN_NORM_ACT:
-                return conv
-        layers = [conv, nn.BatchNorm2d(out_chs)]
-        if act:
-            layers.append(nn.ReLU(inplace=True))
-        return nn.Sequential(*layers)
+            return conv2d(in_chs, out_chs, kernel_size, stride, groups), False
+        extra = self.replacement_kwargs(out_chs, kernel_size, stride, groups)
+        if "kernel_size" in self.kwargs and "kernel_size" in extra:
+            raise UsageError(f"attn_kwargs: 'kernel_size' is set by the network for every {self.name!r} layer "
+                             f"(the kernel of the convolution it replaces); leave it out")
+        layer = self._build(in_chs, None, **extra)
+        return layer, self.name in _OWN_NORM_ACT
+
+    def replacement_kwargs(self, out_chs: int, kernel_size: int, stride: int, groups: int) -> dict[str, Any]:
+        """What the layer in place of a convolution is told about it (its width, kernel, stride, groups)."""
+        return {"out_channels": out_chs, "kernel_size": kernel_size, "stride": stride, "groups": groups}

@@ -26,7 +26,7 @@ from torch import nn
 from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.cond_conv import ExpertConv2d
 from visionattn.layers.helpers import check_bool, check_positive_int, pair
-from visionattn.models.blocks import BLOCKS, Stem, downsampled
+from visionattn.models.blocks import BLOCKS, GlobalAvgPool, downsampled, make_stem
 from visionattn.models.plug import AttnPlug, init_conv
 
 __all__ = ["ResNet"]
@@ -61,6 +61,14 @@ class ResNet(nn.Module):
         zero_init_last: start each residual branch's last BN at zero (the block starts as the identity).
 
     Every convolution is initialised by one rule once the network is built: see :meth:`init_weights`.
+
+    The modules carry torchvision's and timm's names, so their checkpoints load with ``strict=True``: the stem
+    ``conv1``, ``bn1``, ``act1``, ``maxpool``; the stages ``layer1`` ... ``layer4`` (blocks ``0``, ``1``, ...,
+    named inside as :mod:`visionattn.models.blocks` describes; a stage-end layer such as BAM is ``attn`` after
+    the blocks); then ``global_pool``, ``drop`` and the classifier ``fc``. The timm model API comes with them:
+    :meth:`forward_features`, :meth:`forward_head`, :meth:`reset_classifier`, :meth:`get_classifier`,
+    ``num_features`` and ``feature_info`` (channels and reduction of ``act1`` and of every stage, the outputs that
+    ``create_model(name, features_only=True)`` returns).
 
     Shape:
         - Input: (B, in_chans, H, W), (H, W) = ``img_size`` when ``attn`` needs a fixed size
@@ -97,16 +105,23 @@ class ResNet(nn.Module):
         plug = AttnPlug(attn, {} if attn_kwargs is None else attn_kwargs, attn_where,
                         () if attn_stage_kwargs is None else attn_stage_kwargs)
 
-        self.stem = Stem(in_chans, stem_type, stem_width, small_input)
-        self.feature_info: list[dict[str, Any]] = []
+        conv1, stem_chs, stem_stride = make_stem(in_chans, stem_type, stem_width, small_input)
+        self.in_chans = in_chans
+        self.conv1 = conv1
+        self.bn1 = nn.BatchNorm2d(stem_chs)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
+        self.feature_info: list[dict[str, Any]] = [{"module": "act1", "num_chs": stem_chs, "reduction": stem_stride}]
+        self.stem_reduction = 1 if small_input else 4
         block_kwargs = {"groups": groups, "base_width": base_width, "plug": plug, "avg_down": avg_down,
                         "avd": avd, "stride_in_1x1": stride_in_1x1}
-        self.stages = self._make_stages(BLOCKS[block], layers, widths, plug, block_kwargs)
+        self.num_stages = len(layers)
+        self._make_stages(BLOCKS[block], layers, widths, plug, block_kwargs)
         self.num_features = self.feature_info[-1]["num_chs"]
-        in_chs = self.num_features
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(drop_rate),
-                                  nn.Linear(in_chs, num_classes) if num_classes else nn.Identity())
+        self.global_pool = GlobalAvgPool()
+        self.drop = nn.Dropout(drop_rate)
         self.num_classes = num_classes
+        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.init_weights()
 
     @torch.no_grad()
@@ -130,34 +145,80 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.last_bn().weight)
 
     def _make_stages(self, block: type, layers: Sequence[int], widths: Sequence[int], plug: AttnPlug,
-                     block_kwargs: dict[str, Any]) -> nn.Sequential:
-        """Stage i has ``layers[i]`` blocks of width ``widths[i]``; stages after the first start at stride 2.
+                     block_kwargs: dict[str, Any]) -> None:
+        """Stage i (``layer{i + 1}``) has ``layers[i]`` blocks of width ``widths[i]``; stages after the first
+        start at stride 2.
 
         Each block learns its output size (for layers that need it); stage-end attention (BAM) closes every
-        stage but the last. Fills ``feature_info`` (channels and reduction of each stage's output).
+        stage but the last, as the stage's ``attn``. Fills ``feature_info`` (channels and reduction of each
+        stage's output) after the stem's entry.
         """
-        feat = downsampled(self.img_size, self.stem.reduction)
-        in_chs, reduction = self.stem.out_channels, self.stem.reduction
-        stages: OrderedDict[str, nn.Module] = OrderedDict()
+        del self.feature_info[1:]
+        feat = downsampled(self.img_size, self.stem_reduction)
+        in_chs, reduction = self.feature_info[0]["num_chs"], self.stem_reduction
         for i, (depth, planes) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
             feat, reduction = downsampled(feat, stride), reduction * stride
             stage_plug = plug.for_stage(i, len(layers))
             kwargs = {**block_kwargs, "plug": stage_plug}
-            blocks: list[nn.Module] = []
+            blocks: OrderedDict[str, nn.Module] = OrderedDict()
             for j in range(depth):
-                blocks.append(block(in_chs, planes, stride if j == 0 else 1, feat_size=feat, **kwargs))
-                in_chs = blocks[-1].out_channels
+                blocks[str(j)] = block(in_chs, planes, stride if j == 0 else 1, feat_size=feat, **kwargs)
+                in_chs = blocks[str(j)].out_channels
             if i < len(layers) - 1 and plug.where == "stage":
-                blocks.append(stage_plug.stage_attn(in_chs, feat))
-            stages[f"stage{i + 1}"] = nn.Sequential(*blocks)
-            self.feature_info.append({"module": f"stages.stage{i + 1}", "num_chs": in_chs,
-                                      "reduction": reduction})
-        return nn.Sequential(stages)
+                blocks["attn"] = stage_plug.stage_attn(in_chs, feat)
+            setattr(self, f"layer{i + 1}", nn.Sequential(blocks))
+            self.feature_info.append({"module": f"layer{i + 1}", "num_chs": in_chs, "reduction": reduction})
+
+    def stages(self) -> list[nn.Sequential]:
+        """The stages ``layer1``, ``layer2``, ... in order."""
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def info_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """The rows of ``visionattn info``: the stem, each stage, the head, each as its modules in order."""
+        stem = [self.conv1, self.bn1, self.act1, self.maxpool]
+        head = [self.global_pool, self.drop, self.fc]
+        return [("stem", stem), *((f"layer{i + 1}", [s]) for i, s in enumerate(self.stages())), ("head", head)]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """A UsageError unless ``x`` is a batch of images with the network's channel count."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise UsageError(f"the network expects images (B, {self.in_chans}, H, W), got a tensor of shape "
+                             f"{tuple(x.shape)}; set in_chans to match")
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """``maxpool(act1(bn1(conv1(x))))``: (B, C_stem, H / 4, W / 4) (H / 1 for small input)."""
+        self.check_input(x)
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map, (B, num_features, H / 32, W / 32) (H / 4 for small input)."""
-        return self.stages(self.stem(x))
+        x = self.forward_stem(x)
+        for stage in self.stages():
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, dropout and classify a :meth:`forward_features` map; ``pre_logits``: stop before ``fc``.
+
+        Shape:
+            - Input: (B, num_features, h, w)
+            - Output: (B, num_classes), or (B, num_features) with ``pre_logits`` or ``num_classes`` = 0
+        """
+        x = self.drop(self.global_pool(x))
+        return x if pre_logits else self.fc(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier for ``num_classes`` (0: none, the pooled features come out), freshly initialised."""
+        check_positive_int("num_classes", num_classes, minimum=0)
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        cfg = getattr(self, "pretrained_cfg", None)
+        if cfg is not None:
+            self.pretrained_cfg = cfg.replace(num_classes=num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))

@@ -37,25 +37,18 @@ SASA_LAYERS: dict[int, tuple[int, ...]] = {26: (1, 2, 4, 1), 38: (2, 3, 5, 2), 5
 STEMS = ("conv", "attention")
 
 
-def attention_stem(in_chans: int, width: int) -> nn.Sequential:
-    """The paper's stem layer: spatially aware attention (extent 4, 4 mixtures) at full resolution, then BN.
-    The 4 x 4 max pooling that follows it is the stem's ``pool`` (:class:`SasaResNet`)."""
-    layer = create_attn("sasa_stem", in_chans, out_channels=width, kernel_size=4, mixtures=4)
-    return nn.Sequential(layer, nn.BatchNorm2d(width))
+def attention_stem(in_chans: int, width: int) -> nn.Module:
+    """The paper's stem layer: spatially aware attention (extent 4, 4 mixtures) at full resolution. The
+    network's ``bn1`` follows it, then (no ReLU) the 4 x 4 max pooling ``maxpool`` (:class:`SasaResNet`)."""
+    return create_attn("sasa_stem", in_chans, out_channels=width, kernel_size=4, mixtures=4)
 
 
 class _SasaPlug(AttnPlug):
     """The conv plug with the attention's own window: SASA replaces a 3x3 convolution by a 7x7 attention,
     where the generic plug would hand the layer the convolution's kernel size."""
 
-    def conv_unit(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
-                  act: bool = True) -> nn.Module:
-        if not self.replaces(kernel_size, act):
-            return super().conv_unit(in_chs, out_chs, kernel_size, stride, groups, act)
-        assert self.name is not None
-        layer = create_attn(self.name, in_chs, **{**self.kwargs, "out_channels": out_chs, "stride": stride,
-                                                  "groups": groups})
-        return nn.Sequential(layer, nn.BatchNorm2d(out_chs), nn.ReLU(inplace=True))
+    def replacement_kwargs(self, out_chs: int, kernel_size: int, stride: int, groups: int) -> dict[str, Any]:
+        return {"out_channels": out_chs, "stride": stride, "groups": groups}
 
 
 class SasaResNet(ResNet):
@@ -88,16 +81,16 @@ class SasaResNet(ResNet):
                              f"{kwargs['stem_type']!r}, needs 'basic'")
         super().__init__(block="bottleneck", layers=layers, **kwargs)
         if stem == "attention":
-            self.stem.convs = attention_stem(self.stem.in_chans, self.stem.out_channels)
+            self.conv1 = attention_stem(self.in_chans, self.feature_info[0]["num_chs"])
+            self.act1 = nn.Identity()
+            self.feature_info[0]["reduction"] = 1  # the attention runs at the image's full resolution
             if not kwargs.get("small_input", False):  # ceil_mode: ceil(H / 4) like the conv stem's pooling
-                self.stem.pool = nn.MaxPool2d(4, stride=4, ceil_mode=True)
+                self.maxpool = nn.MaxPool2d(4, stride=4, ceil_mode=True)
         # ResNet builds its stages with the generic plug; rebuild them with the attention's own window
         plug = _SasaPlug("sasa", {"kernel_size": kernel_size, "heads": heads, "border": border}, "conv")
         block_kwargs = {"groups": 1, "base_width": 64, "plug": plug, "avg_down": kwargs.get("avg_down", False),
                         "avd": False}
-        self.feature_info = []
-        self.stages = self._make_stages(Bottleneck, layers, kwargs.get("widths", (64, 128, 256, 512)), plug,
-                                        block_kwargs)
+        self._make_stages(Bottleneck, layers, kwargs.get("widths", (64, 128, 256, 512)), plug, block_kwargs)
         self.init_weights()  # the rebuilt stages and stem get the network's rule too (q/k/v projections included)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from visionattn.models.resnet import ResNet
 from visionattn.registry import register_model
 
-__all__ = ["PUBLISHED", "Published", "BACKBONES", "IMAGENET", "SMALL", "NAMES"]
+__all__ = ["PUBLISHED", "Published", "BACKBONES", "IMAGENET", "SMALL", "NAMES", "TIMM_NAMES"]
 
 IMAGENET: dict[str, Any] = {"num_classes": 1000, "in_chans": 3, "img_size": 224}
 SMALL: dict[str, Any] = {"num_classes": 10, "in_chans": 1, "img_size": 28, "small_input": True}
@@ -102,6 +102,11 @@ _PLUGGED: dict[str, tuple[str, ...]] = {
 }
 
 
+# timm's SK-ResNet-18/34 (not in the paper, whose SKNets are ResNeXts): each of the two paths convolves half of
+# the input channels, d = max(C / 8, 16).
+_SK_BASIC = {"rd_ratio": 1 / 8, "min_rd": 16, "split_input": True}
+
+
 def _eca_stages(*kernel_sizes: int) -> tuple[dict[str, int], ...]:
     """ECA's explicit per-stage kernel sizes, as ``attn_stage_kwargs``."""
     return tuple({"kernel_size": k} for k in kernel_sizes)
@@ -115,6 +120,12 @@ _NAMED: dict[str, tuple[str, dict[str, Any], str, str]] = {
                  "SKNet-101: SK in place of ResNeXt-101's 3x3"),
     "sknet29": ("resnext29_32x4d", {"attn": "sk"}, "Li et al. 2019, Selective Kernel Networks",
                 "SK-ResNeXt-29 for small images"),
+    "skresnet18": ("resnet18", {"attn": "sk", "attn_kwargs": _SK_BASIC}, "Li et al. 2019, Selective Kernel Networks",
+                   "SK-ResNet-18 as timm's: SK (M=2, G=1, r=8, L=16, split input) in place of the first 3x3"),
+    "skresnet34": ("resnet34", {"attn": "sk", "attn_kwargs": _SK_BASIC}, "Li et al. 2019, Selective Kernel Networks",
+                   "SK-ResNet-34 as timm's: SK (M=2, G=1, r=8, L=16, split input) in place of the first 3x3"),
+    "eca_resnet50d": ("resnet50d", {"attn": "eca"}, _ECA,
+                      "ECA-ResNet-50-D as timm's ecaresnet50d: adaptive k per layer, deep stem, avg-pool shortcut"),
     "eca_resnet50_k3557": ("resnet50", {"attn": "eca", "attn_stage_kwargs": _eca_stages(3, 5, 5, 7)}, _ECA,
                            "ECA-ResNet-50 as the official checkpoint: k = [3, 5, 5, 7] by stage"),
     "eca_resnet101_k3357": ("resnet101", {"attn": "eca", "attn_stage_kwargs": _eca_stages(3, 3, 5, 7)}, _ECA,
@@ -163,6 +174,20 @@ def _register_all() -> None:
 
 
 _register_all()
+
+
+# Our name -> timm's, for every architecture both have: the same modules under the same names, so a checkpoint
+# of either loads into the other with strict=True and gives the same outputs (tests/models/test_timm_layout.py
+# checks the names and shapes against a record of timm's; benchmarks/timm_parity.py compares outputs and speed).
+TIMM_NAMES: dict[str, str] = {
+    "resnet18": "resnet18", "resnet26": "resnet26", "resnet34": "resnet34", "resnet50": "resnet50",
+    "resnet101": "resnet101", "resnet152": "resnet152", "resnet50d": "resnet50d",
+    "resnext50_32x4d": "resnext50_32x4d", "resnext101_32x4d": "resnext101_32x4d",
+    "se_resnet50": "seresnet50", "se_resnet101": "seresnet101", "se_resnet152": "seresnet152",
+    "se_resnext50_32x4d": "seresnext50_32x4d", "se_resnext101_32x4d": "seresnext101_32x4d",
+    "sknet50": "skresnext50_32x4d", "skresnet18": "skresnet18", "skresnet34": "skresnet34",
+    "resnest50": "resnest50d", "eca_resnet50d": "ecaresnet50d",
+}
 
 
 @dataclass(frozen=True)
