@@ -27,11 +27,12 @@ def test_parameter_counts_match_table_1(depth):
 
 def test_every_spatial_conv_is_attention():
     model = visionattn.create_model("sasa_resnet26", num_classes=10, img_size=32)
-    layers = [m for m in (m for stage in model.stages() for m in stage.modules()) if isinstance(m, LocalSelfAttention2d)]
+    in_stages = [m for stage in model.stages() for m in stage.modules()]
+    layers = [m for m in in_stages if isinstance(m, LocalSelfAttention2d)]
     assert len(layers) == sum((1, 2, 4, 1))
     assert all(m.kernel_size == 7 and m.heads == 8 for m in layers)
     assert [m.stride for m in layers] == [1, 2, 1, 2, 1, 1, 1, 2]
-    spatial = [m for m in (m for stage in model.stages() for m in stage.modules()) if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    spatial = [m for m in in_stages if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
     assert spatial == []
 
 
