@@ -17,12 +17,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UsageError", "did_you_mean", "unknown_name", "check_names", "check_positive", "check_non_negative",
-           "check_finite", "check_range", "check_choice", "check_writable_dir"]
+__all__ = ["UsageError", "CheckpointError", "did_you_mean", "unknown_name", "check_names", "check_positive",
+           "check_non_negative", "check_finite", "check_range", "check_choice", "check_writable_dir"]
 
 
 class UsageError(ValueError):
     """A user's input that cannot be used: the message names the argument, what it got and what it needs."""
+
+
+class CheckpointError(UsageError):
+    """A checkpoint or weights file that cannot be used: unreadable, for another model, or of the wrong shapes."""
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

@@ -187,9 +187,26 @@ def get_model_entry(name: str) -> Entry:
     return MODELS.get(name)
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build the model registered as ``name`` (e.g. ``num_classes=10, in_chans=1``)."""
-    return MODELS.get(name).build(**kwargs)
+def create_model(name: str, pretrained_file: str | None = None, features_only: bool = False,
+                 out_indices: Any = None, **kwargs: Any) -> nn.Module:
+    """Build the model registered as ``name`` (e.g. ``num_classes=10, in_chans=1``).
+
+    Args:
+        name: registered model name (:func:`list_models`).
+        pretrained_file: a local ``.safetensors`` or PyTorch weights file (timm's, torchvision's or ours) to
+            start from; the classifier is replaced when its class count differs, a 1-channel model sums the
+            stem's RGB filters (:mod:`visionattn.models.pretrained`). Nothing is downloaded.
+        features_only: return the stages' feature maps instead of logits (:mod:`visionattn.models.features`).
+        out_indices: with ``features_only``, which of ``feature_info``'s outputs to return (default: all).
+        **kwargs: the model's own arguments.
+
+    Example:
+        >>> model = create_model("resnet50", num_classes=10, pretrained_file="resnet50.safetensors")
+    """
+    model = MODELS.get(name).build(**kwargs)
+    from visionattn.models.factory import finish_model  # the models package is imported by the lookup above
+
+    return finish_model(name, model, pretrained_file, features_only, out_indices)
 
 
 def list_models(family: str | None = None) -> list[str]:

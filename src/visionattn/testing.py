@@ -23,6 +23,7 @@ __all__ = [
     "check_bf16",
     "check_compile",
     "check_gradcheck",
+    "check_feature_api",
 ]
 
 
@@ -194,3 +195,31 @@ def check_gradcheck(module: nn.Module, x: torch.Tensor, fast_mode: bool = True) 
     inputs = (x.detach().double().requires_grad_(True), *params)
     torch.autograd.gradcheck(fn, inputs, fast_mode=fast_mode, atol=1e-5, rtol=1e-3)
 
+
+
+@torch.no_grad()
+def check_feature_api(model: nn.Module, x: torch.Tensor, atol: float = 1e-5) -> None:
+    """The timm model API of a network, in eval mode: ``forward_head(forward_features(x))`` is ``forward(x)``;
+    ``pre_logits`` gives (B, num_features); ``features_only`` gives one map per ``feature_info`` entry with its
+    channel count and reduction; ``pretrained_cfg`` names the input the network is built for."""
+    from visionattn.models.features import FeatureNet
+
+    model.eval()
+    logits = _forward(model, x)
+    features = model.forward_features(x)
+    torch.testing.assert_close(model.forward_head(features), logits, atol=atol, rtol=1e-4)
+    pre = model.forward_head(features, pre_logits=True)
+    if tuple(pre.shape) != (x.shape[0], model.num_features):
+        raise AssertionError(f"pre_logits shape {tuple(pre.shape)} != (B, num_features={model.num_features})")
+    maps = FeatureNet(model)(x)
+    info = model.feature_info
+    if len(maps) != len(info):
+        raise AssertionError(f"features_only gave {len(maps)} maps for {len(info)} feature_info entries")
+    for f, m in zip(info, maps):
+        want = (x.shape[0], f["num_chs"], -(-x.shape[2] // f["reduction"]), -(-x.shape[3] // f["reduction"]))
+        if tuple(m.shape) != want:
+            raise AssertionError(f"feature {f['module']}: shape {tuple(m.shape)} != {want} from feature_info {f}")
+    torch.testing.assert_close(maps[-1], features, atol=atol, rtol=1e-4)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg is None or tuple(cfg.input_size) != tuple(model.input_size):
+        raise AssertionError(f"pretrained_cfg {cfg} does not name the input size {model.input_size}")

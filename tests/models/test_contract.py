@@ -2,7 +2,8 @@
 
 ImageNet-size models run on 3x32x32 images (built for that size, which only GE-theta's global gather cares
 about); small-image models run on their own 28x28 input. Each model is built once and checked for the output
-shape, gradients reaching every parameter, finite outputs and eval-mode batch independence.
+shape, gradients reaching every parameter, finite outputs, eval-mode batch independence and the timm model API
+(``forward_features`` / ``forward_head``, ``features_only`` maps matching ``feature_info``, ``pretrained_cfg``).
 
 ResNets deeper than 50 layers (101, 152) run with one block per stage: their blocks, stems and attention
 placement are those of the 50-layer models, only repeated, and building and running them at full depth
@@ -54,6 +55,7 @@ def test_model_contract(name):
     testing.check_grads_reach_params(model, x)  # train mode; also moves BN statistics off their defaults
     testing.check_finite(model, x)
     testing.check_batch_independence(model, _images(input_size, batch=3, seed=2), atol=1e-4)
+    testing.check_feature_api(model, _images(input_size, batch=2, seed=3), atol=1e-4)
 
 
 @pytest.mark.parametrize("name", visionattn.list_models())
@@ -61,8 +63,8 @@ def test_every_convolution_is_he_initialised(name):
     """One rule for every 2-D convolution of every network, the attention layers' own included (SK's branches,
     SplAt, excite MLPs, SASA's projections, each CondConv / dynamic-conv expert): He, fan-out, ReLU gain.
 
-    Exempt, as in torchvision, timm and the official codes: linear layers (classifier, SK's fuse/select,
-    routers), ECA's 1-D kernel, embeddings, and BatchNorm (zero_init_last zeroes a BN weight, not a conv). The
+    Exempt, as in torchvision, timm and the official codes: linear layers (classifier, routers), ECA's 1-D
+    kernel, embeddings, and BatchNorm (zero_init_last zeroes a BN weight, not a conv). The
     rule does not depend on depth or width, so each network is built with one block per stage of 16 planes.
     """
     layers = get_model_entry(name).defaults.get("layers", ())

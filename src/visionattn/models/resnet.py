@@ -5,13 +5,14 @@ He et al. 2016, "Deep Residual Learning for Image Recognition"; Xie et al. 2017 
 :mod:`visionattn.models.plug`); the named models of the reference tables are in :mod:`visionattn.models.zoo`.
 
 Initialisation is one rule for the whole network, applied once it is built (:meth:`ResNet.init_weights`):
-every 2-D convolution, the attention layers' own included (SK's branches, SplAt, the excite MLPs' 1x1
-convolutions, SASA's query/key/value projections), gets He's normal initialisation with fan-out and the ReLU gain,
-as torchvision, timm and the official SE, ECA, SK and ResNeSt code do; each expert of a CondConv or
-dynamic-convolution bank is initialised the same way, like the convolution it replaces (CondConv's official
-code). Left at PyTorch's default, as in those codes: linear layers (the classifier, SK's fuse and select, the
-routers), ECA's 1-D convolution, the relative position embeddings, and BatchNorm (weight 1, bias 0; with
-``zero_init_last`` the last BN of each residual branch starts at 0).
+every 2-D convolution, the attention layers' own included (SK's paths and its fuse and select layers, which
+are 1x1 convolutions as in timm; SplAt; the excite MLPs' 1x1 convolutions; SASA's query/key/value
+projections), gets He's normal initialisation with fan-out and the ReLU gain, as torchvision, timm and the
+official SE, ECA, SK and ResNeSt code do; each expert of a CondConv or dynamic-convolution bank is initialised
+the same way, like the convolution it replaces (CondConv's official code). Left at PyTorch's default, as in
+those codes: linear layers (the classifier, the routers), ECA's 1-D convolution, the relative position
+embeddings, and BatchNorm (weight 1, bias 0; with ``zero_init_last`` the last BN of each residual branch
+starts at 0).
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ from visionattn.layers.cond_conv import ExpertConv2d
 from visionattn.layers.helpers import check_bool, check_positive_int, pair
 from visionattn.models.blocks import BLOCKS, GlobalAvgPool, downsampled, make_stem
 from visionattn.models.plug import AttnPlug, init_conv
+from visionattn.models.pretrained import (
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PretrainedCfg,
+)
 
 __all__ = ["ResNet"]
 
@@ -122,6 +130,12 @@ class ResNet(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.num_classes = num_classes
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        # what the weights expect: ImageNet's normalisation and timm's default evaluation crop, or for the
+        # small-image networks the statistics of Fashion-MNIST that they default to
+        self.pretrained_cfg = PretrainedCfg(
+            input_size=self.input_size, mean=FASHION_MNIST_MEAN if small_input else IMAGENET_MEAN,
+            std=FASHION_MNIST_STD if small_input else IMAGENET_STD, crop_pct=1.0 if small_input else 0.875,
+            num_classes=num_classes, first_conv="conv1.0" if stem_type == "deep" else "conv1")
         self.init_weights()
 
     @torch.no_grad()
@@ -216,9 +230,7 @@ class ResNet(nn.Module):
         check_positive_int("num_classes", num_classes, minimum=0)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
-        cfg = getattr(self, "pretrained_cfg", None)
-        if cfg is not None:
-            self.pretrained_cfg = cfg.replace(num_classes=num_classes)
+        self.pretrained_cfg = self.pretrained_cfg.replace(num_classes=num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

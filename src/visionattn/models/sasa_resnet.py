@@ -83,6 +83,7 @@ class SasaResNet(ResNet):
         if stem == "attention":
             self.conv1 = attention_stem(self.in_chans, self.feature_info[0]["num_chs"])
             self.act1 = nn.Identity()
+            self.pretrained_cfg = self.pretrained_cfg.replace(first_conv=None)  # no convolution to adapt
             self.feature_info[0]["reduction"] = 1  # the attention runs at the image's full resolution
             if not kwargs.get("small_input", False):  # ceil_mode: ceil(H / 4) like the conv stem's pooling
                 self.maxpool = nn.MaxPool2d(4, stride=4, ceil_mode=True)
