@@ -1,8 +1,10 @@
 """Print the README's models table: parameters and multiply-adds of every named model beside published figures.
 
-Usage: ``python benchmarks/model_table.py`` (Markdown on stdout). Models are built on the ``meta`` device, so
-the whole table takes seconds: parameter and multiply-add counts depend on shapes only. ImageNet models are
-counted at 3x224x224 with 1000 classes, small-image models at their own 1x28x28 input with 10 classes.
+Usage: ``python benchmarks/model_table.py`` (Markdown on stdout). The "timm" column names timm's model of the
+same architecture, whose checkpoints load into ours by name (``visionattn.models.zoo.TIMM_NAMES``). Models are
+built on the ``meta`` device, so the whole table takes seconds: parameter and multiply-add counts depend on
+shapes only. ImageNet models are counted at 3x224x224 with 1000 classes, small-image models at their own
+1x28x28 input with 10 classes.
 
 "GMACs, paper's layout" rebuilds a model whose paper used ResNet v1 (the stride on the first 1x1 of a strided
 bottleneck, ``stride_in_1x1=True``) that way; the models default to the v1.5 layout of torchvision and timm
@@ -18,7 +20,7 @@ from torch import nn
 
 from visionattn.info import build_for_input, model_info
 from visionattn.models import PUBLISHED
-from visionattn.models.zoo import NAMES
+from visionattn.models.zoo import NAMES, TIMM_NAMES
 from visionattn.registry import get_model_entry, list_models
 
 
@@ -32,7 +34,8 @@ def _count(name: str, **kwargs) -> tuple[int, int]:
 def _imagenet_row(name: str) -> str:
     params, macs = _count(name)
     pub = PUBLISHED.get(name)
-    cells = [f"`{name}`", get_model_entry(name).description, f"{params / 1e6:.3f}M"]
+    timm = f"`{TIMM_NAMES[name]}`" if name in TIMM_NAMES else "-"
+    cells = [f"`{name}`", timm, get_model_entry(name).description, f"{params / 1e6:.3f}M"]
     if pub is None:
         cells += ["-", "-", f"{macs / 1e9:.2f}", "-", "-"]
     else:
@@ -46,8 +49,8 @@ def _imagenet_row(name: str) -> str:
 def imagenet_table() -> str:
     """Rows with published figures first (in the order of ``PUBLISHED``), then the rest as registered."""
     names = [*PUBLISHED, *(n for n in NAMES if n not in PUBLISHED and n in list_models("resnet"))]
-    lines = ["| model | description | params | published | diff | GMACs | GMACs, paper's layout | paper GMACs |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | timm | description | params | published | diff | GMACs | GMACs, paper's layout | paper GMACs |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     return "\n".join(lines + [_imagenet_row(n) for n in names])
 
 
