@@ -12,9 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+import visionattn
 from tests.engine_support import TinyNet
 from visionattn import checkpoint as ckpt
 from visionattn.checkpoint import CheckpointDir, CheckpointError
+from visionattn.layers.selective_kernel import SelectiveKernel
 
 
 def _model(seed: int = 0, **kw) -> nn.Module:
@@ -151,3 +153,101 @@ def test_latest_step_follows_the_pointer(tmp_path):
 def test_keep_must_be_a_positive_whole_number(tmp_path, keep):
     with pytest.raises(ValueError, match=f"keep: got {keep!r}, needed a whole number >= 1"):
         CheckpointDir(tmp_path / "ck", keep=keep)
+
+
+# ----------------------------------------------------------------------- weights written before 9b8d90e
+def _legacy_record() -> dict:
+    from tests.models.test_legacy import _record
+
+    return _record()
+
+
+def _legacy_file(path, name: str, source: nn.Module | None = None, **metadata) -> tuple[nn.Module, object]:
+    """A model (``source``, or a new one with every tensor moved off its initial value) and its weights saved
+    under the module names of the code before 9b8d90e (the record's)."""
+    from safetensors.torch import save_file
+
+    from tests.models.test_legacy import _old_named, _perturbed
+
+    if source is None:
+        torch.manual_seed(0)
+        source = _perturbed(visionattn.create_model(name))
+    save_file(_old_named(name, source), str(path), metadata={"model": name, **metadata})
+    return source, path
+
+
+def test_weights_in_the_old_layout_are_converted_on_load(tmp_path):
+    source, path = _legacy_file(tmp_path / "old.safetensors", "sk_resnet20", step="4")
+    target = visionattn.create_model("sk_resnet20")
+    meta = ckpt.load_weights(path, target, "sk_resnet20")
+    assert _equal(target, source) and meta["step"] == "4"
+    sk_layers = sum(isinstance(m, SelectiveKernel) for m in target.modules())
+    assert sk_layers == 9  # fuse (d, C) and select (M C, d) of each became 1x1 convolutions
+    assert meta[ckpt.CONVERTED] == (
+        f"old.safetensors: weights in the module layout before 9b8d90e (stem., stages., head.); converted on "
+        f"load to today's names (conv1, layer1.., fc): {len(source.state_dict())} tensors renamed, "
+        f"{2 * sk_layers} reshaped")
+    ckpt.save_weights(tmp_path / "new.safetensors", target, {"model": "sk_resnet20"})  # written in today's layout
+    assert ckpt.CONVERTED not in ckpt.load_weights(tmp_path / "new.safetensors", visionattn.create_model("sk_resnet20"))
+
+
+def test_old_weights_for_another_model_are_still_refused(tmp_path):
+    _, path = _legacy_file(tmp_path / "old.safetensors", "resnet20")
+    with pytest.raises(CheckpointError, match="written for model 'resnet20', this run builds 'se_resnet20'"):
+        ckpt.load_weights(path, visionattn.create_model("se_resnet20"), "se_resnet20")
+    with pytest.raises(CheckpointError, match=r"old\.safetensors does not fit ResNet: .*missing.*layer1\.0\.se\."):
+        ckpt.load_weights(path, visionattn.create_model("se_resnet20"))
+
+
+def test_a_key_outside_the_old_layout_names_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    state = {"stages.stage1.0.branch.0.0.weight": torch.zeros(1), "stray.weight": torch.zeros(1)}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: state: key 'stray\.weight' is not in the old layout"):
+        ckpt.load_weights(tmp_path / "w.safetensors", visionattn.create_model("resnet20"))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resuming_an_old_checkpoint_converts_weights_and_optimizer_state(tmp_path, optimizer):
+    """An old run's checkpoint: weights under the old names, SK's fuse/select momenta of the old (d, C) shape."""
+    def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+        params = list(model.parameters())
+        if optimizer == "sgd":
+            return torch.optim.SGD(params, lr=0.1, momentum=0.9)
+        return torch.optim.AdamW(params, lr=0.01)
+
+    def train_step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        x = torch.randn(4, *model.input_size, generator=torch.Generator().manual_seed(3))
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    from tests.models.test_legacy import _perturbed
+
+    torch.manual_seed(0)
+    model = _perturbed(visionattn.create_model("sk_resnet20")).train()
+    opt = make_optimizer(model)
+    train_step(model, opt)  # the old run, up to its checkpoint
+    folder = CheckpointDir(tmp_path / "ck")
+    folder.save(5, _model(), {"epoch": 1}, {"model": "sk_resnet20"})  # then both files replaced by old ones
+    _legacy_file(tmp_path / "ck" / "step-00000005.safetensors", "sk_resnet20", model, step="5")
+    saved = opt.state_dict()
+    old_shapes = dict(zip(model.state_dict(), (shape for _, shape in _legacy_record()["sk_resnet20"])))
+    old_state = {i: {k: (v.reshape(old_shapes[name]) if k != "step" else v) for k, v in saved["state"][i].items()}
+                 for i, (name, _) in enumerate(model.named_parameters())}
+    assert sum(v.shape != saved["state"][i][k].shape for i, s in old_state.items() for k, v in s.items()) > 0
+    state = {"epoch": 1, "optimizer": {**saved, "state": old_state}}
+    ckpt.save_state(tmp_path / "ck" / "step-00000005.state.pt", {**state, "step": 5})
+
+    target = visionattn.create_model("sk_resnet20").train()
+    resumed = folder.load(target, "sk_resnet20")
+    assert "converted on load" in resumed[ckpt.CONVERTED] and resumed["epoch"] == 1 and _equal(target, model)
+    target_opt = make_optimizer(target)
+    target_opt.load_state_dict(resumed["optimizer"])
+    moments = 1 if optimizer == "sgd" else 2  # momentum_buffer; exp_avg and exp_avg_sq (Adam's step is a scalar)
+    assert ckpt.fit_optimizer_state(target_opt) == 2 * 9 * moments
+    assert ckpt.fit_optimizer_state(target_opt) == 0
+    train_step(target, target_opt)
+    train_step(model, opt)  # the old run's next step, in the optimizer that never left memory
+    assert _equal(target, model)

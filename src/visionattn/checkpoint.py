@@ -6,6 +6,12 @@ state (optimizer, schedule, RNG states, position in the run) written by ``torch.
 a reader sees either the previous file or the new one, never half of one. A pointer, ``latest.json``, is renamed
 into place after both files of a checkpoint are complete; resuming follows it, so a kill between the two files
 still resumes from the last complete pair.
+
+Weights written before commit 9b8d90e renamed the ResNet family's modules (keys ``stem.``, ``stages.``,
+``head.``) are converted on load (:mod:`visionattn.models.legacy`); :func:`load_weights` says so in the metadata
+it returns (entry :data:`CONVERTED`), :meth:`CheckpointDir.load` in the trainer state, for the log. The converted
+SK networks' fuse and select weights gain two unit axes, and :func:`fit_optimizer_state` gives the optimizer's
+saved momenta the same shapes.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionattn.errors import UsageError
+from visionattn.errors import CheckpointError, UsageError
 
 __all__ = [
     "CheckpointError",
+    "CONVERTED",
     "atomic_write",
     "save_weights",
     "load_weights",
+    "read_weights",
+    "fit_optimizer_state",
     "save_state",
     "load_state",
     "CheckpointDir",
@@ -41,8 +50,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class CheckpointError(UsageError):
-    """A checkpoint that cannot be used: unreadable, for another model, or of the wrong shapes."""
+CONVERTED = "converted"
+"""The entry that :func:`load_weights` adds to the metadata it returns, and :meth:`CheckpointDir.load` to the trainer
+state, when the weights were in the layout before 9b8d90e and were converted: a one-line note for the log."""
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
@@ -111,8 +121,30 @@ def _mismatches(path: Path, tensors: dict[str, torch.Tensor], expected: dict[str
     return problems
 
 
+def _convert_legacy(path: Path, tensors: dict[str, torch.Tensor],
+                    expected: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``tensors`` under today's names when they are in the layout before 9b8d90e, with the note for the log."""
+    from visionattn.models.legacy import LEGACY_COMMIT, convert_legacy_state_dict, is_legacy_state_dict
+
+    if not is_legacy_state_dict(tensors):
+        return tensors, None
+    try:
+        converted = convert_legacy_state_dict(tensors, expected)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    reshaped = sum(old.shape != new.shape for old, new in zip(tensors.values(), converted.values()))
+    note = (f"{path.name}: weights in the module layout before {LEGACY_COMMIT} (stem., stages., head.); converted "
+            f"on load to today's names (conv1, layer1.., fc): {len(converted)} tensors renamed, {reshaped} "
+            "reshaped")
+    return converted, note
+
+
 def load_weights(path: str | os.PathLike, model: nn.Module, model_name: str | None = None) -> dict[str, str]:
     """Load a safetensors checkpoint into ``model`` after checking that it fits; returns the file's metadata.
+
+    A file in the layout before 9b8d90e (keys ``stem.``, ``stages.``, ``head.``) is converted first
+    (:func:`visionattn.models.legacy.convert_legacy_state_dict`); the returned metadata then has the entry
+    :data:`CONVERTED`, a note for the log.
 
     Raises:
         CheckpointError: unreadable file, written for another model (``model_name`` differs from the file's
@@ -120,14 +152,47 @@ def load_weights(path: str | os.PathLike, model: nn.Module, model_name: str | No
     """
     path = Path(path)
     tensors, metadata = read_weights(path)
+    metadata.pop(CONVERTED, None)  # only this function says so
     if model_name is not None and metadata.get("model", model_name) != model_name:
         raise CheckpointError(f"{path}: written for model {metadata['model']!r}, this run builds {model_name!r}")
     target = _unwrap(model)
-    problems = _mismatches(path, tensors, target.state_dict())
+    expected = target.state_dict()
+    tensors, note = _convert_legacy(path, tensors, expected)
+    problems = _mismatches(path, tensors, expected)
     if problems:
         raise CheckpointError(f"{path} does not fit {type(target).__name__}: " + "; ".join(problems))
     target.load_state_dict(tensors)
+    if note is not None:
+        metadata[CONVERTED] = note
     return metadata
+
+
+def _without_trailing_ones(shape: torch.Size) -> tuple[int, ...]:
+    dims = list(shape)
+    while dims and dims[-1] == 1:
+        dims.pop()
+    return tuple(dims)
+
+
+def fit_optimizer_state(optimizer: torch.optim.Optimizer) -> int:
+    """Give each saved per-parameter tensor of ``optimizer``'s state its parameter's shape where the two differ only
+    by trailing axes of size 1; returns how many tensors were reshaped.
+
+    Call it after ``optimizer.load_state_dict``: a trainer state saved before 9b8d90e holds SK's fuse and select
+    momenta as (d, C) and (M C, d), the parameters are now (d, C, 1, 1) and (M C, d, 1, 1) (``load_state_dict``
+    maps by position and does not check shapes). Tensors that differ otherwise are left as they are: scalars such
+    as Adam's ``step``, and factored states of other optimizers (Adafactor's row and column variances).
+    """
+    reshaped = 0
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param)
+            for name, value in (state or {}).items():
+                if (isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape
+                        and _without_trailing_ones(value.shape) == _without_trailing_ones(param.shape)):
+                    state[name] = value.reshape(param.shape)
+                    reshaped += 1
+    return reshaped
 
 
 def save_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -220,7 +285,12 @@ class CheckpointDir:
             return None
 
     def load(self, model: nn.Module, model_name: str | None = None) -> dict[str, Any]:
-        """Load the latest checkpoint's weights into ``model`` and return its trainer state."""
+        """Load the latest checkpoint's weights into ``model`` and return its trainer state.
+
+        Weights in the layout before 9b8d90e are converted (:func:`load_weights`); the state then has the entry
+        :data:`CONVERTED`, the note for the log. Its optimizer state needs :func:`fit_optimizer_state` once
+        loaded into the optimizer.
+        """
         pointer_path = self.folder / self.POINTER
         if not pointer_path.is_file():
             raise CheckpointError(f"no checkpoint to resume from: {pointer_path} does not exist")
@@ -234,4 +304,6 @@ class CheckpointDir:
         if int(metadata.get("step", step)) != step or int(state.get("step", step)) != step:
             raise CheckpointError(f"{self.folder}: {weights} (step {metadata.get('step')}) and {state_file} "
                                   f"(step {state.get('step')}) do not belong to step {step} named by {self.POINTER}")
+        if CONVERTED in metadata:
+            state[CONVERTED] = metadata[CONVERTED]
         return state

@@ -182,3 +182,21 @@ def test_a_broken_safetensors_file_is_a_clear_error(tmp_path):
 def test_bad_create_model_options(kwargs, match):
     with pytest.raises(UsageError, match=match):
         visionattn.create_model("resnet20", **kwargs)
+
+
+def test_a_file_in_the_old_layout_is_converted(tmp_path):
+    """Weights that `visionattn train` wrote before the ecosystem names (stem./stages./head.) still load."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    record = json.loads(gzip.decompress((Path(__file__).parents[1] / "data" /
+                                         "legacy_state_dict_keys.json.gz").read_bytes()))["se_resnet20"]
+    source = _source("se_resnet20")
+    old = {key: t for (key, shape), t in zip(record, source.state_dict().values(), strict=True)}
+    assert all(list(old[k].shape) == shape for k, shape in record)  # the old names pair with today's order
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in old.items()}, str(path))
+    model = visionattn.create_model("se_resnet20", pretrained_file=path)
+    assert model.pretrained_report.converted and "converted" in model.pretrained_report.notes()[1]
+    _same_tensors(model.state_dict(), source.state_dict())

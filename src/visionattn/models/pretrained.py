@@ -132,7 +132,7 @@ class LoadReport:
     def notes(self) -> list[str]:
         out = [f"pretrained weights from {self.path}: {self.loaded} tensors loaded"]
         if self.converted:
-            out.append("the file is in visionattn's layout before 0.2 (stem./stages./head.) and was converted")
+            out.append("the file has visionattn's module names before the ecosystem's (stem., stages., head.): converted")
         if self.adapted_in_chans:
             src, dst = self.adapted_in_chans
             how = "summed over its RGB filters" if dst == 1 else f"repeated and scaled by 3/{dst}"
@@ -243,9 +243,9 @@ def _prepare(model: nn.Module, path: str | os.PathLike,
     report = LoadReport(Path(path), metadata=metadata)
     from visionattn.models.legacy import convert_legacy_state_dict, is_legacy_state_dict
 
-    if is_legacy_state_dict(state.keys()):
-        state, report.converted = convert_legacy_state_dict(state), True
     target = model.state_dict()
+    if is_legacy_state_dict(state.keys()):
+        state, report.converted = convert_legacy_state_dict(state, expected=target), True
     cfg = _cfg(model)
     first = f"{cfg.first_conv}.weight" if cfg is not None and cfg.first_conv else None
     if first in state and first in target and state[first].dim() == 4 and target[first].dim() == 4:
