@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -85,9 +86,11 @@ class TrainConfig:
     """Everything that decides a training run; saved as the run's resolved configuration.
 
     ``lr`` and ``weight_decay`` left as ``None`` take the optimizer's default (SGD: 0.1 and 5e-4, AdamW: 1e-3 and
-    0.05). ``batch_size`` is the global batch: with N processes each takes ``batch_size / N``. Every value is
-    checked when the config is made (:meth:`validate`); whether the model, the device, the data and the run
-    directory exist is checked by :func:`visionattn.train.preflight` before a run starts.
+    0.05). ``pretrained`` is a local weights file the run starts from (kept as an absolute path, so that the
+    saved configuration names the file wherever the run is resumed from). ``batch_size`` is the global batch:
+    with N processes each takes ``batch_size / N``. Every value is checked when the config is made
+    (:meth:`validate`); whether the model, the device, the data, the pretrained file and the run directory exist
+    and fit is checked by :func:`visionattn.train.preflight` before a run starts.
     """
 
     model: str = ""
@@ -99,6 +102,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     train_subset: int | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
     epochs: int = 15
     batch_size: int = 128
     eval_batch_size: int = 500
@@ -128,6 +132,8 @@ class TrainConfig:
         self.lr = _DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
         self.weight_decay = _DEFAULT_WD[self.optimizer] if self.weight_decay is None else self.weight_decay
         self.validate()
+        if self.pretrained is not None:
+            self.pretrained = os.path.abspath(self.pretrained)
 
     def validate(self) -> None:
         """Check every value (types, ranges, finiteness, names); :class:`UsageError` naming the flag."""
@@ -139,7 +145,7 @@ class TrainConfig:
         for name in ("model", "data"):
             if not isinstance(getattr(self, name), str):
                 raise UsageError(f"{flag(name)}: got {getattr(self, name)!r}, needed a string")
-        for name in ("data_dir", "run_dir"):
+        for name in ("data_dir", "run_dir", "pretrained"):
             _check_str(name, getattr(self, name), optional=True)
         for name in ("download", "flip", "channels_last", "progress"):
             _check_bool(name, getattr(self, name))
@@ -194,11 +200,20 @@ _OPTIONS: list[tuple[str, Any, str]] = [
     ("--data-dir", str, "folder holding the Fashion-MNIST files (default: $VISIONATTN_DATA_DIR, then "
                         "/usr/share/datasets/fashion-mnist)"),
     ("--download", bool, "download the official Fashion-MNIST files (MD5-checked) when they are missing"),
-    ("--image-size", int, "image folders: resize every image to this square size (default: the first image's)"),
+    ("--image-size", int, "image folders: resize every image to this square size, e.g. 224 for ImageNet weights "
+                          "(default: the first image's)"),
     ("--channels", str, "image folders: auto, grey or rgb"),
     ("--val-fraction", float, "image folders without a val split: share held out per class (fixed by --seed)"),
     ("--train-subset", int, "train on this many training images only, balanced over the classes and the same "
                             "for every seed (default: all)"),
+    ("--pretrained", str, "start from the weights in this local file: .safetensors, or a PyTorch state dict (read "
+                          "with weights_only=True), e.g. timm's model.safetensors of the same architecture or an "
+                          "earlier run's model.safetensors; nothing is downloaded. The classifier is refitted to the "
+                          "data's classes, a 1-channel stem sums the RGB filters, and images are normalised as the "
+                          "weights were trained (the file's mean/std, else the model's: ImageNet's for ImageNet "
+                          "models) instead of with the data's statistics. ImageNet weights fine-tune at any image "
+                          "size (the networks are fully convolutional); --image-size resizes image folders "
+                          "(default: random initialisation)"),
     ("--epochs", int, "training epochs"),
     ("--batch-size", int, "global batch size (divided among processes under torchrun)"),
     ("--eval-batch-size", int, "batch size for evaluation"),
@@ -285,6 +300,8 @@ def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = No
     given = {k: v for k, v in vars(args).items() if k in names}
     if "model_arg" in vars(args):
         given["model_args"] = _parse_model_args(args.model_arg)
+    if isinstance(given.get("pretrained"), str) and given["pretrained"]:
+        given["pretrained"] = os.path.abspath(given["pretrained"])  # as the saved configuration holds it
     if saved is None:
         if not given.get("model"):
             raise UsageError("--model: missing; needed a registered model name (or --resume RUN_DIR)")

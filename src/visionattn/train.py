@@ -7,11 +7,17 @@ holds the weights, the optimizer and schedule, the global RNG states and the pos
 killed at any moment and resumed computes exactly what the uninterrupted run computes (on CPU with the same
 thread count; GPU kernels may not be bitwise deterministic).
 
-Before any work, :func:`preflight` checks the recipe, the device, the model, the data source and the run
-directory; the directory itself is created only once the data are loaded and the model is built, so a run that
-cannot start leaves nothing behind. A loss that stops being finite ends the run with :class:`TrainingDiverged`
-(its last good checkpoint kept); Ctrl-C ends it with :class:`TrainingInterrupted`, whose message is the resume
-command.
+A run may start from a local weights file (``--pretrained``), loaded once the model is built with the seed
+(:func:`visionattn.models.pretrained.load_pretrained`; its report goes to the log); the images are then
+normalised as those weights were trained (:func:`~visionattn.train_checks.pretrained_normalization`), not with
+the data's statistics. The normalisation is saved in every checkpoint and in the weights files' metadata
+(``mean``, ``std``): a resumed run normalises exactly as before, a run fine-tuned from this one as this one did.
+
+Before any work, :func:`preflight` checks the recipe, the device, the model, the pretrained file, the data
+source and the run directory; the directory itself is created only once the data are loaded and the model is
+built, so a run that cannot start leaves nothing behind. A loss that stops being finite ends the run with
+:class:`TrainingDiverged` (its last good checkpoint kept); Ctrl-C ends it with :class:`TrainingInterrupted`,
+whose message is the resume command.
 """
 
 from __future__ import annotations
@@ -30,9 +36,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from visionattn import distributed
-from visionattn.checkpoint import CheckpointDir, capture_rng, load_weights, restore_rng, save_weights
-from visionattn.data import Augment, DataSplits, Normalize, channel_stats, epoch_generator, load_dataset
+from visionattn import distributed, train_checks
+from visionattn.checkpoint import (
+    CONVERTED,
+    CheckpointDir,
+    capture_rng,
+    fit_optimizer_state,
+    load_weights,
+    restore_rng,
+    save_weights,
+)
+from visionattn.data import Augment, DataSplits, Normalize, epoch_generator, load_dataset
 from visionattn.errors import UsageError
 from visionattn.formats import autocast, to_channels_last
 from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args
@@ -82,12 +96,13 @@ class Trainer:
         self.cfg, self.info, self.log = cfg, info, log
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        self.ckpt = CheckpointDir(log.folder / "checkpoints", keep=cfg.keep_checkpoints)
+        from_checkpoint = resume and self.ckpt.exists()
         self.data = self._load_data()
-        self._build_model()
+        self._build_model(read_pretrained=not from_checkpoint)  # a resumed run's weights are its checkpoint's
         if overwrite and info.is_main and not resume:  # only now that the new run is sure to start
             clear_run_dir(log.folder)
         log.open()
-        self.ckpt = CheckpointDir(log.folder / "checkpoints", keep=cfg.keep_checkpoints)
         self.watch = DivergenceWatch(info.device)
         # position
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -95,8 +110,12 @@ class Trainer:
         self.elapsed = 0.0
         self.synced = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen: this epoch, up to last sync
         self.local = torch.zeros(3, dtype=torch.float64, device=info.device)  # since the last sync
-        if resume and self.ckpt.exists():
-            self._restore(self.ckpt.load(self.model, cfg.model))
+        state = self.ckpt.load(self.model, cfg.model) if from_checkpoint else None
+        if state is not None and CONVERTED in state:
+            self.log.info(state[CONVERTED])
+        self._set_normalization(state)
+        if state is not None:
+            self._restore(state)
         elif resume:
             self.log.info(f"no checkpoint in {self.ckpt.folder} yet: starting from the beginning")
         self._write_config()
@@ -117,15 +136,25 @@ class Trainer:
                       f"{summary['test_size']} test images, {summary['num_classes']} classes, "
                       f"{summary['in_chans']}x{summary['image_size'][0]}x{summary['image_size'][1]}, "
                       f"{len(data.skipped)} files skipped")
-        self.mean, self.std = channel_stats(data.train.images)
-        normalize = Normalize(self.mean, self.std)
-        self.normalize = normalize
-        self.augment = Augment(normalize, cfg.crop_padding, cfg.flip, cfg.erasing)
         self.train_images = data.train.images.to(self.info.device)
         self.test_images = data.test.images.to(self.info.device)
         return data
 
-    def _build_model(self) -> None:
+    def _set_normalization(self, state: dict[str, Any] | None) -> None:
+        """Normalise as the resumed run did (its checkpoint's record), else as :func:`train_checks.normalization`
+        says for this run (the ``--pretrained`` weights' statistics, or the training images' own)."""
+        saved = state.get("normalize") if state is not None else None
+        if saved is not None:
+            self.mean, self.std, self.norm_source = list(saved["mean"]), list(saved["std"]), str(saved["source"])
+        else:  # also for checkpoints from before the record: those runs used the data's statistics, as here
+            self.mean, self.std, self.norm_source = train_checks.normalization(self.model, self.pretrained_report,
+                                                                               self.data.train.images)
+        self.log.info(f"normalisation: mean {[round(v, 4) for v in self.mean]}, std {[round(v, 4) for v in self.std]}"
+                      f", {self.norm_source}" + (" (saved in the checkpoint resumed from)" if saved else ""))
+        self.normalize = Normalize(self.mean, self.std)
+        self.augment = Augment(self.normalize, self.cfg.crop_padding, self.cfg.flip, self.cfg.erasing)
+
+    def _build_model(self, read_pretrained: bool = True) -> None:
         cfg, info = self.cfg, self.info
         per_rank, remainder = divmod(cfg.batch_size, info.world_size)
         if remainder:
@@ -142,7 +171,15 @@ class Trainer:
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
         # built for the data's image size too: some designs (GE-theta's global gather) fix it
-        self.model = build_model(cfg, self.data.train.image_shape, self.data.num_classes).to(info.device)
+        model = build_model(cfg, self.data.train.image_shape, self.data.num_classes)
+        self.pretrained_report = None
+        if cfg.pretrained and read_pretrained:
+            self.pretrained_report = train_checks.load_pretrained_file(model, cfg.pretrained)
+            for line in self.pretrained_report.notes():
+                self.log.info(line)
+        elif cfg.pretrained:
+            self.log.info(f"pretrained weights {cfg.pretrained}: not read on resume, the checkpoint's continue")
+        self.model = model.to(info.device)
         if cfg.channels_last:
             self.model = to_channels_last(self.model)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -159,24 +196,31 @@ class Trainer:
         self.log.info(f"model {self.cfg.model}: {params / 1e6:.3f} M parameters; {self.info.world_size} "
                       f"process(es) on {self.info.device}; {self.steps_per_epoch} steps per epoch")
         self.log.write_json("config.json", {
-            "config": self.cfg.to_dict(), "data": self.data.describe(), "normalize": {"mean": self.mean,
-                                                                                     "std": self.std},
+            "config": self.cfg.to_dict(), "data": self.data.describe(), "normalize": self._normalize_record(),
             "model": {"name": self.cfg.model, "parameters": params, "class": type(self.model).__name__},
             "world_size": self.info.world_size, "device": str(self.info.device),
             "steps_per_epoch": self.steps_per_epoch, "torch": torch.__version__})
 
     # ------------------------------------------------------------------------------------------ checkpoints
+    def _normalize_record(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "source": self.norm_source}
+
+    def _metadata(self) -> dict[str, str]:
+        """The weights files' metadata: the model, and the normalisation a run fine-tuned from them needs."""
+        return {"model": self.cfg.model, "mean": json.dumps(self.mean), "std": json.dumps(self.std)}
+
     def _state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "temperature": self.temperature.state_dict() if self.temperature else None,
                 "rng": capture_rng(), "accum": self.synced.clone(), "history": self.history,
-                "elapsed_s": self.elapsed, "config": self.cfg.to_dict()}
+                "elapsed_s": self.elapsed, "config": self.cfg.to_dict(), "normalize": self._normalize_record()}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
         self.optimizer.load_state_dict(state["optimizer"])
+        fit_optimizer_state(self.optimizer)  # SK fuse/select moments saved before the ecosystem names: (d, C) -> 1x1
         self.scheduler.load_state_dict(state["scheduler"])
         if self.temperature is not None and state.get("temperature"):
             self.temperature.load_state_dict(state["temperature"])
@@ -210,7 +254,7 @@ class Trainer:
         distributed.broadcast_buffers(self.model)  # what rank 0 saves is then what every process holds
         self._check_finite(weights=True)
         if self.info.is_main:
-            self.ckpt.save(self.global_step, self.model, self._state(), {"model": self.cfg.model})
+            self.ckpt.save(self.global_step, self.model, self._state(), self._metadata())
 
     # --------------------------------------------------------------------------------------------- the loop
     def _forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -286,7 +330,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.synced.zero_()
         if self.info.is_main:
-            self.ckpt.save(self.global_step, self.model, self._state(), {"model": self.cfg.model})
+            self.ckpt.save(self.global_step, self.model, self._state(), self._metadata())
             self.log.write_metrics(self.history)
         self.log.info(f"epoch {row['epoch']}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} acc "
                       f"{100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
@@ -328,7 +372,7 @@ class Trainer:
                   "train_time_s": round(self.elapsed, 1), "world_size": self.info.world_size,
                   "device": str(self.info.device)}
         if self.info.is_main:
-            save_weights(self.log.folder / "model.safetensors", self.model, {"model": self.cfg.model})
+            save_weights(self.log.folder / "model.safetensors", self.model, self._metadata())
             self.log.write_json("result.json", result)
             self.log.info(f"done: test accuracy {100 * result['test_acc']:.2f}% after {result['epochs']} epochs, "
                           f"{result['train_time_s']:.0f}s of training; run directory {self.log.folder}")
@@ -370,7 +414,9 @@ def _finished(cfg: TrainConfig, result: dict[str, Any], log: RunLog) -> TrainRes
     run_dir = Path(cfg.run_dir or ".")
     data = json.loads((run_dir / "config.json").read_text())["data"]  # preflight found it readable
     model = build_model(cfg, (data["in_chans"], *data["image_size"]), data["num_classes"])
-    load_weights(run_dir / "model.safetensors", model, cfg.model)
+    meta = load_weights(run_dir / "model.safetensors", model, cfg.model)
+    if CONVERTED in meta:
+        log.info(meta[CONVERTED])
     log.info(f"{run_dir} already finished: test accuracy {100 * result['test_acc']:.2f}% after {result['epochs']} "
              f"epochs; nothing to resume (the result is {run_dir / 'result.json'})")
     return TrainResult(model, read_metrics(run_dir), result["test_acc"], run_dir, float(result["train_time_s"]),

@@ -2,9 +2,13 @@
 with the trainer.
 
 The order is the user's: the recipe's values, the device, the model and its ``--model-arg`` keywords (built on
-the ``meta`` device, so no memory or time is spent), the data source (found, not loaded) and the run directory
+the ``meta`` device, so no memory or time is spent), the ``--pretrained`` file (read and fitted to that model,
+:func:`visionattn.models.pretrained.check_pretrained`), the data source (found, not loaded) and the run directory
 (a new or empty one; an earlier run only with ``--resume`` or ``--overwrite``). Each failure is a
 :class:`~visionattn.errors.UsageError` that names the option, what it got and what it needs.
+
+The trainer shares the model build, the pretrained load (:func:`load_pretrained_file`) and the rule for the
+normalisation that pretrained weights need (:func:`pretrained_normalization`, :func:`normalization`).
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visionattn.errors import UsageError, check_writable_dir, did_you_mean, unknown_name
+from visionattn.errors import CheckpointError, UsageError, check_writable_dir, did_you_mean, unknown_name
 from visionattn.recipe import TrainConfig
 from visionattn.runlog import RUN_FILES
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
-__all__ = ["preflight", "build_model", "saved_config", "clear_run_dir", "finished_result"]
+    from visionattn.models.pretrained import LoadReport
+
+__all__ = ["preflight", "build_model", "load_pretrained_file", "pretrained_normalization", "normalization",
+           "saved_config", "clear_run_dir", "finished_result"]
 
 _SET_BY_DATA = ("num_classes", "in_chans", "img_size")  # the trainer passes these from the data
 _FASHION_MNIST = ((1, 28, 28), 10)
@@ -37,7 +45,7 @@ def preflight(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     from visionattn.distributed import check_device_available
 
     check_device_available(cfg.device)
-    _check_model(cfg)
+    _check_model(cfg, resume)
     _check_data(cfg)
     if resume:
         if not cfg.run_dir:
@@ -94,7 +102,7 @@ def build_model(cfg: TrainConfig, input_shape: tuple[int, int, int], num_classes
 
 def _known_input(cfg: TrainConfig) -> tuple[tuple[int, int, int], int] | None:
     """The input shape and class count when they are known without reading the data (class count: a guess of
-    10 for folders; no factory here depends on it)."""
+    10 for folders; no factory here depends on it, and a pretrained file's classifier is refitted anyway)."""
     if cfg.data == "fashion-mnist":
         return _FASHION_MNIST
     if cfg.image_size and cfg.channels != "auto":
@@ -102,7 +110,18 @@ def _known_input(cfg: TrainConfig) -> tuple[tuple[int, int, int], int] | None:
     return None
 
 
-def _check_model(cfg: TrainConfig) -> None:
+def _guessed_input(cfg: TrainConfig) -> tuple[tuple[int, int, int], int]:
+    """An input to check a ``--pretrained`` file against when the data's is not known before reading it: one
+    channel (any stem adapts to one, so only the architecture is checked) at ``--image-size`` or the model's
+    default size (which only layers built for a fixed size, GE-theta's gather, depend on)."""
+    from visionattn.registry import get_model_entry
+
+    size = cfg.image_size or get_model_entry(cfg.model).defaults.get("img_size", 224)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    return (1, height, width), 10
+
+
+def _check_model(cfg: TrainConfig, resume: bool = False) -> None:
     import visionattn.models  # noqa: F401  (registers the models)
     from visionattn.registry import MODELS, list_models
 
@@ -110,14 +129,115 @@ def _check_model(cfg: TrainConfig) -> None:
         raise UsageError("--model: missing; needed a registered model name (see `visionattn models`)")
     if cfg.model not in MODELS:
         raise unknown_name("--model", "model", cfg.model, list_models())
+    # a resumed run takes its weights from its checkpoint: the file it started from is not read again
+    check_file = bool(cfg.pretrained) and not (resume and _has_checkpoint(cfg))
     known = _known_input(cfg)
-    if known is None:
+    if known is None and not check_file:
         _check_keywords(cfg)
         return
     import torch
 
+    shape, num_classes = known or _guessed_input(cfg)
     with torch.device("meta"):  # shapes only: no memory, no arithmetic
-        build_model(cfg, *known)
+        model = build_model(cfg, shape, num_classes)
+    if check_file:  # the fit, and metadata the normalisation will read
+        pretrained_normalization(model, load_pretrained_file(model, str(cfg.pretrained), check_only=True), shape[0])
+
+
+def _has_checkpoint(cfg: TrainConfig) -> bool:
+    return bool(cfg.run_dir) and (Path(str(cfg.run_dir)) / "checkpoints" / "latest.json").is_file()
+
+
+# -------------------------------------------------------------------------------------- pretrained weights
+def _flagged(err: UsageError, path: str) -> UsageError:
+    """The pretrained library's error under the command-line flag: ``pretrained_file: X`` -> ``--pretrained: X``."""
+    text = str(err)
+    if text.startswith("pretrained_file: "):
+        return type(err)("--pretrained: " + text[len("pretrained_file: "):])
+    return type(err)(f"--pretrained {path}: {text.split(': ', 1)[-1] if text.startswith('in_chans: ') else text}")
+
+
+def load_pretrained_file(model: nn.Module, path: str, check_only: bool = False) -> LoadReport:
+    """Load (or with ``check_only`` only check, e.g. on a meta-device model) ``--pretrained`` into ``model``;
+    errors name ``--pretrained``."""
+    from visionattn.models.pretrained import check_pretrained, load_pretrained
+
+    try:
+        return (check_pretrained if check_only else load_pretrained)(model, path)
+    except UsageError as err:
+        raise _flagged(err, path) from None
+
+
+def _file_statistics(report: LoadReport) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The ``mean``/``std`` metadata of the file (JSON lists, as :mod:`visionattn.train` writes them), if any."""
+    import math
+
+    meta = report.metadata
+    if "mean" not in meta and "std" not in meta:
+        return None
+    try:
+        mean, std = json.loads(meta["mean"]), json.loads(meta["std"])
+        valid = (isinstance(mean, list) and isinstance(std, list) and 0 < len(mean) == len(std)
+                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                         for v in mean + std) and all(v > 0 for v in std))
+    except (KeyError, ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise CheckpointError(f"--pretrained: {report.path} has the metadata mean={meta.get('mean')!r}, "
+                              f"std={meta.get('std')!r}; needed both, as JSON lists of one length of finite "
+                              "numbers (std > 0), as `visionattn train` writes them")
+    return tuple(map(float, mean)), tuple(map(float, std))
+
+
+def _named(mean: tuple[float, ...]) -> str:
+    from visionattn.models.pretrained import FASHION_MNIST_MEAN, IMAGENET_MEAN
+
+    return {IMAGENET_MEAN: "ImageNet's ", FASHION_MNIST_MEAN: "Fashion-MNIST's "}.get(tuple(mean), "its ")
+
+
+def pretrained_normalization(model: nn.Module, report: LoadReport,
+                             in_chans: int) -> tuple[list[float], list[float], str] | None:
+    """(mean, std, where from) for images fed to weights loaded from a file, or None when nothing says (the
+    model has no ``pretrained_cfg``: the trainer then uses the data's own statistics).
+
+    The file's own ``mean``/``std`` metadata come first (a run of ``visionattn train`` records its normalisation
+    there), else the model's :class:`~visionattn.models.pretrained.PretrainedCfg`: what its published weights were
+    trained with, ImageNet's mean and std for the ImageNet models (timm's ``pretrained_cfg``). Three channels
+    for one-channel data are averaged (:meth:`PretrainedCfg.normalization`), as the stem's RGB filters are summed.
+    """
+    from visionattn.models.pretrained import PretrainedCfg
+
+    found = _file_statistics(report)
+    record = getattr(model, "pretrained_cfg", None)
+    if found is not None:
+        record = PretrainedCfg((len(found[0]), 1, 1), *found)
+        where = "the weights file's own metadata (the statistics of the run that wrote it)"
+    elif isinstance(record, PretrainedCfg):
+        where = (f"the pretrained model's record ({_named(record.mean)}mean and std, {record.architecture}'s "
+                 "pretrained_cfg)")
+    else:
+        return None
+    try:
+        mean, std = record.normalization(in_chans)
+    except UsageError as err:
+        raise _flagged(err, str(report.path)) from None
+    if len(record.mean) != in_chans:
+        where += f", {'averaged' if in_chans == 1 else 'repeated'} for {in_chans}-channel images"
+    return mean, std, where
+
+
+def normalization(model: nn.Module, report: LoadReport | None,
+                  images: torch.Tensor) -> tuple[list[float], list[float], str]:
+    """(mean, std, where from) for a new run: :func:`pretrained_normalization` when weights were loaded from a
+    file (``report``) and it has an answer, else the training ``images``' (N, C, H, W) own per-channel statistics."""
+    from visionattn.data import channel_stats
+
+    found = pretrained_normalization(model, report, images.shape[1]) if report is not None else None
+    if found is not None:
+        return found
+    mean, std = channel_stats(images)
+    note = " (the model has no pretrained_cfg saying what its weights expect)" if report is not None else ""
+    return mean, std, "the training images' own statistics" + note
 
 
 # ------------------------------------------------------------------------------------------------- the data

@@ -132,7 +132,7 @@ class LoadReport:
     def notes(self) -> list[str]:
         out = [f"pretrained weights from {self.path}: {self.loaded} tensors loaded"]
         if self.converted:
-            out.append("the file has visionattn's module names before the ecosystem's (stem., stages., head.): converted")
+            out.append("the file has visionattn's module names before the timm ones (stem., stages., head.): converted")
         if self.adapted_in_chans:
             src, dst = self.adapted_in_chans
             how = "summed over its RGB filters" if dst == 1 else f"repeated and scaled by 3/{dst}"
