@@ -113,3 +113,24 @@ def test_bad_input_raises_value_error():
         layer(torch.randn(2, 16, 5, 5))
     with pytest.raises(ValueError, match="4-D"):
         layer.attention(torch.randn(32, 5, 5))
+
+
+def test_in_place_activations_change_nothing_in_training():
+    """The paths and the fuse step apply ReLU in place (as timm does, no new tensor): the same output and
+    gradients, bit for bit, as the same layer with out-of-place ReLUs."""
+    import copy
+
+    layer = SelectiveKernel(8, groups=2, rd_channels=4).train()
+    acts = [m for m in layer.modules() if isinstance(m, torch.nn.ReLU)]
+    assert len(acts) == 3 and all(m.inplace for m in acts)  # two paths and the fuse step
+    plain = copy.deepcopy(layer)
+    for module in plain.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    outs = [m(x) for m in (layer, plain)]
+    assert torch.equal(outs[0], outs[1])
+    for out in outs:
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    for (name, p), q in zip(layer.named_parameters(), plain.parameters()):
+        assert torch.equal(p.grad, q.grad), name

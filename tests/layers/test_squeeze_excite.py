@@ -94,3 +94,10 @@ def test_se_var3_is_full_matrix():
 def test_rejects_bad_arguments(layer, kwargs, match):
     with pytest.raises(UsageError, match=match):
         layer(**kwargs)
+
+
+def test_only_relu_like_activations_run_in_place():
+    # in place where the result is the same bit for bit (ReLU: the backward needs only the result's sign)
+    assert SqueezeExcite(8).act.inplace
+    assert not SqueezeExcite(8, act_layer="silu").act.inplace
+    assert isinstance(SqueezeExcite(8, act_layer="gelu").act, torch.nn.GELU)

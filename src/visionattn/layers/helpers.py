@@ -158,9 +158,22 @@ def get_act_layer(spec: LayerSpec, name: str = "act_layer") -> Callable[..., nn.
     raise UsageError(f"{name} must be a name, an nn.Module class or None, got {spec!r}")
 
 
-def create_act(spec: LayerSpec, name: str = "act_layer") -> nn.Module:
-    """Instantiate the activation ``spec`` (see :func:`get_act_layer`)."""
-    return get_act_layer(spec, name)()
+# activations whose in-place form gives bit-identical outputs and gradients: the backward needs only the sign of
+# the result, which the in-place form keeps
+_IN_PLACE_SAFE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)
+
+
+def create_act(spec: LayerSpec, name: str = "act_layer", inplace: bool = False) -> nn.Module:
+    """Instantiate the activation ``spec`` (see :func:`get_act_layer`).
+
+    ``inplace=True`` builds ReLU, ReLU6 and LeakyReLU in place (what timm does after every BatchNorm: no new
+    tensor per activation); other activations are built as usual. Only for an input that nothing else needs
+    afterwards, such as the fresh output of a BatchNorm or a convolution in the same module.
+    """
+    factory = get_act_layer(spec, name)
+    if inplace and factory in _IN_PLACE_SAFE:
+        return factory(inplace=True)
+    return factory()
 
 
 class ConvMlp(nn.Module):
@@ -186,7 +199,7 @@ class ConvMlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=check_bool("bias", bias))
         self.bn = nn.BatchNorm2d(hidden) if check_bool("norm", norm) else nn.Identity()
-        self.act = create_act(act_layer)
+        self.act = create_act(act_layer, inplace=True)  # on fc1's (or bn's) fresh output
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -213,7 +226,7 @@ class ConvNormAct(nn.Module):
         super().__init__()
         self.conv = conv
         self.bn = nn.BatchNorm2d(out_channels)
-        self.act = create_act(act_layer)
+        self.act = create_act(act_layer, inplace=True)  # on the BatchNorm's fresh output, as timm's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))

@@ -39,6 +39,8 @@ class SKAttention(nn.Module):
 
     ``s = mean_hw(sum_l U_l)``, ``z = ReLU(BN(W s))`` (``fc_reduce``, ``bn``), ``a_l = softmax_l(W_l z)``
     per channel (``fc_select``: the M matrices W_l held as one layer with M * C outputs, ordered (l, c)).
+    :meth:`select` starts from the summed paths ``U = sum_l U_l`` instead, so that a caller holding the paths
+    separately needs no stacked copy of them.
 
     Args:
         channels: channels C of each path.
@@ -56,11 +58,15 @@ class SKAttention(nn.Module):
         self.num_paths = num_paths
         self.fc_reduce = nn.Conv2d(channels, attn_channels, 1, bias=False)  # BN follows: a bias is redundant
         self.bn = nn.BatchNorm2d(attn_channels)
-        self.act = create_act(act_layer)
+        self.act = create_act(act_layer, inplace=True)
         self.fc_select = nn.Conv2d(attn_channels, channels * num_paths, 1, bias=False)
 
     def forward(self, paths: torch.Tensor) -> torch.Tensor:
-        s = paths.sum(dim=1).mean(dim=(2, 3), keepdim=True)  # eq. 7.2, 7.3
+        return self.select(paths.sum(dim=1))  # eq. 7.2
+
+    def select(self, fused: torch.Tensor) -> torch.Tensor:
+        """The weights a (B, M, C, 1, 1) from the fused map ``U = sum_l U_l`` (B, C, H, W) of eq. 7.2."""
+        s = fused.mean(dim=(2, 3), keepdim=True)  # eq. 7.3
         z = self.act(self.bn(self.fc_reduce(s)))  # eq. 7.4
         logits = self.fc_select(z)  # eq. 7.5, (B, M * C, 1, 1)
         b, c = logits.shape[0], logits.shape[1] // self.num_paths
@@ -132,12 +138,15 @@ class SelectiveKernel(nn.Module):
             self.paths.append(ConvNormAct(conv, self.out_channels, act_layer))
         self.attn = SKAttention(self.out_channels, attn_channels, self.num_paths, act_layer)
 
-    def split(self, x: torch.Tensor) -> torch.Tensor:
-        """The M paths U_l of eq. 7.1, stacked: (B, M, C, H', W')."""
+    def _split(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.split_input:
             chunks = torch.split(x, self.channels // self.num_paths, dim=1)
-            return torch.stack([path(chunk) for path, chunk in zip(self.paths, chunks)], dim=1)
-        return torch.stack([path(x) for path in self.paths], dim=1)
+            return [path(chunk) for path, chunk in zip(self.paths, chunks)]
+        return [path(x) for path in self.paths]
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """The M paths U_l of eq. 7.1, stacked: (B, M, C, H', W')."""
+        return torch.stack(self._split(x), dim=1)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel path weights a of eq. 7.6, shape (B, M, C); they sum to 1 over M."""
@@ -148,5 +157,14 @@ class SelectiveKernel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, type(self).__name__)
         check_norm_batch(self, x)
-        paths = self.split(x)
-        return (self.attn(paths) * paths).sum(dim=1)  # eq. 7.7
+        # the paths stay separate: no stacked copy of M maps (timm stacks them); the sums run in the same order,
+        # so with M = 2 the output and gradients are timm's to the bit, in fp32 and bf16
+        paths = self._split(x)
+        fused = paths[0]
+        for u in paths[1:]:
+            fused = fused + u  # eq. 7.2
+        a = self.attn.select(fused)
+        out = a[:, 0] * paths[0]
+        for level in range(1, self.num_paths):
+            out += a[:, level] * paths[level]  # eq. 7.7; in place on a fresh product that nothing saved
+        return out

@@ -11,7 +11,6 @@ within each group.
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import nn
 
 from visionattn.errors import UsageError
@@ -95,22 +94,25 @@ class SplitAttention(nn.Module):
         self.conv = nn.Conv2d(channels, self.out_channels * radix, kernel, pair("stride", stride),
                               same_padding(kernel, dil), dil, groups=groups * radix, bias=check_bool("bias", bias))
         self.bn0 = nn.BatchNorm2d(self.out_channels * radix)
-        self.act0 = create_act(act_layer)
+        self.act0 = create_act(act_layer, inplace=True)  # both on a BatchNorm's fresh output, as timm's
         self.fc1 = nn.Conv2d(self.out_channels, attn_channels, 1, groups=groups)
         self.bn1 = nn.BatchNorm2d(attn_channels)
-        self.act1 = create_act(act_layer)
+        self.act1 = create_act(act_layer, inplace=True)
         self.fc2 = nn.Conv2d(attn_channels, self.out_channels * radix, 1, groups=groups)
 
     def branches(self, x: torch.Tensor) -> torch.Tensor:
         """The R branches U_i of eq. 8.1, shape (B, R, C, H', W')."""
         u = self.act0(self.bn0(self.conv(x)))
-        return rearrange(u, "b (r c) h w -> b r c h w", r=self.radix)
+        b, _, h, w = u.shape
+        return u.view(b, self.radix, self.out_channels, h, w)  # (b, (r c), h, w) -> (b, r, c, h, w): a view
 
     def _attention(self, u: torch.Tensor) -> torch.Tensor:
         s = u.sum(dim=1).mean(dim=(2, 3), keepdim=True)  # eq. 7.2-7.3
         logits = self.fc2(self.act1(self.bn1(self.fc1(s))))  # eq. 7.4-7.5, grouped: each cardinal group alone
-        # fc2's outputs are ordered (group k, radix i, channel c); the output channels are ordered (k, c)
-        logits = rearrange(logits, "b (k r c) 1 1 -> b r (k c)", k=self.groups, r=self.radix)
+        # fc2's outputs are ordered (group k, radix i, channel c); the output channels are ordered (k, c):
+        # (b, (k r c), 1, 1) -> (b, k, r, c) -> (b, r, k, c) -> (b, r, (k c)); a view when k = 1
+        b, c = logits.shape[0], self.out_channels // self.groups
+        logits = logits.view(b, self.groups, self.radix, c).transpose(1, 2).reshape(b, self.radix, self.out_channels)
         return logits.softmax(dim=1) if self.radix > 1 else logits.sigmoid()  # eq. 7.6, within each group
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +125,8 @@ class SplitAttention(nn.Module):
         check_feature_map(x, self.channels, type(self).__name__)
         check_norm_batch(self, x)
         u = self.branches(x)
-        a = rearrange(self._attention(u), "b r c -> b r c 1 1")
-        return (a * u).sum(dim=1)  # eq. 7.7
+        a = self._attention(u)
+        return (a[..., None, None] * u).sum(dim=1)  # eq. 7.7; a: (b, r, c) -> (b, r, c, 1, 1)
 
 
 @register_attn("splat0", paper=_PAPER, family="branch", conv_like=True, variants=({"radix": 1},),

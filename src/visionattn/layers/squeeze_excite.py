@@ -75,7 +75,7 @@ class SqueezeExcite(ChannelGate):
         super().__init__(channels, gate_layer)
         hidden = reduced_channels(channels, rd_ratio, rd_channels, rd_divisor)
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=check_bool("bias", bias))  # W1
-        self.act = create_act(act_layer)
+        self.act = create_act(act_layer, inplace=True)  # on fc1's fresh output
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias)  # W2
 
     def excite(self, z: torch.Tensor) -> torch.Tensor:

@@ -141,7 +141,9 @@ class _Residual(nn.Module):
         out = x
         for name in self._path:
             out = getattr(self, name)(out)
-        return getattr(self, self._act_out)(self.se(out) + self.downsample(x))
+        out = self.se(out)
+        out += self.downsample(x)  # in place, as timm: the branch's last BN output is not needed by autograd
+        return getattr(self, self._act_out)(out)
 
 
 class BasicBlock(_Residual):
