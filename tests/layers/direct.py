@@ -111,3 +111,20 @@ def eval_with_trained_batch_norms(layer: torch.nn.Module, channels: int, seed: i
     with torch.no_grad():
         layer.train()(torch.randn(4, channels, 6, 6) * 2 + 0.5)
     return layer.eval()
+
+
+def assert_in_place_relus_change_nothing(layer: torch.nn.Module, x: torch.Tensor) -> None:
+    """``layer`` (train mode) gives the same output and gradients, bit for bit, as a copy whose ReLUs are not in
+    place: running them in place saves memory and changes no value."""
+    import copy
+
+    plain = copy.deepcopy(layer)
+    for module in plain.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+    outs = [m(x) for m in (layer, plain)]
+    assert torch.equal(outs[0], outs[1])
+    for out in outs:
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    for (name, p), q in zip(layer.named_parameters(), plain.parameters()):
+        assert torch.equal(p.grad, q.grad), name

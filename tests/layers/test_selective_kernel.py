@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import visionattn
-from tests.layers.direct import batch_norm_eval, eval_with_trained_batch_norms
+from tests.layers.direct import assert_in_place_relus_change_nothing, batch_norm_eval, eval_with_trained_batch_norms
 from visionattn.errors import UsageError
 from visionattn.layers import SelectiveKernel
 
@@ -118,19 +118,7 @@ def test_bad_input_raises_value_error():
 def test_in_place_activations_change_nothing_in_training():
     """The paths and the fuse step apply ReLU in place (as timm does, no new tensor): the same output and
     gradients, bit for bit, as the same layer with out-of-place ReLUs."""
-    import copy
-
     layer = SelectiveKernel(8, groups=2, rd_channels=4).train()
     acts = [m for m in layer.modules() if isinstance(m, torch.nn.ReLU)]
     assert len(acts) == 3 and all(m.inplace for m in acts)  # two paths and the fuse step
-    plain = copy.deepcopy(layer)
-    for module in plain.modules():
-        if isinstance(module, torch.nn.ReLU):
-            module.inplace = False
-    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(0))
-    outs = [m(x) for m in (layer, plain)]
-    assert torch.equal(outs[0], outs[1])
-    for out in outs:
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-    for (name, p), q in zip(layer.named_parameters(), plain.parameters()):
-        assert torch.equal(p.grad, q.grad), name
+    assert_in_place_relus_change_nothing(layer, torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(0)))
