@@ -149,23 +149,12 @@ def _has_checkpoint(cfg: TrainConfig) -> bool:
 
 
 # -------------------------------------------------------------------------------------- pretrained weights
-def _flagged(err: UsageError, path: str) -> UsageError:
-    """The pretrained library's error under the command-line flag: ``pretrained_file: X`` -> ``--pretrained: X``."""
-    text = str(err)
-    if text.startswith("pretrained_file: "):
-        return type(err)("--pretrained: " + text[len("pretrained_file: "):])
-    return type(err)(f"--pretrained {path}: {text.split(': ', 1)[-1] if text.startswith('in_chans: ') else text}")
-
-
 def load_pretrained_file(model: nn.Module, path: str, check_only: bool = False) -> LoadReport:
     """Load (or with ``check_only`` only check, e.g. on a meta-device model) ``--pretrained`` into ``model``;
     errors name ``--pretrained``."""
     from visionattn.models.pretrained import check_pretrained, load_pretrained
 
-    try:
-        return (check_pretrained if check_only else load_pretrained)(model, path)
-    except UsageError as err:
-        raise _flagged(err, path) from None
+    return (check_pretrained if check_only else load_pretrained)(model, path, argument="--pretrained")
 
 
 def _file_statistics(report: LoadReport) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -217,10 +206,7 @@ def pretrained_normalization(model: nn.Module, report: LoadReport,
                  "pretrained_cfg)")
     else:
         return None
-    try:
-        mean, std = record.normalization(in_chans)
-    except UsageError as err:
-        raise _flagged(err, str(report.path)) from None
+    mean, std = record.normalization(in_chans, argument=f"--pretrained {report.path}")
     if len(record.mean) != in_chans:
         where += f", {'averaged' if in_chans == 1 else 'repeated'} for {in_chans}-channel images"
     return mean, std, where

@@ -89,7 +89,8 @@ class PretrainedCfg:
     def replace(self, **changes: Any) -> PretrainedCfg:
         return dataclasses.replace(self, **changes)
 
-    def normalization(self, in_chans: int | None = None) -> tuple[list[float], list[float]]:
+    def normalization(self, in_chans: int | None = None,
+                      argument: str = "in_chans") -> tuple[list[float], list[float]]:
         """(mean, std) for ``in_chans`` channels (default: the record's own). One channel from three takes
         their averages, the grey image the summed stem filters see best; three from one repeats it."""
         in_chans = self.input_size[0] if in_chans is None else in_chans
@@ -100,7 +101,7 @@ class PretrainedCfg:
             return [sum(mean) / len(mean)], [sum(std) / len(std)]
         if len(mean) == 1:
             return mean * in_chans, std * in_chans
-        raise UsageError(f"in_chans: the weights were trained on {len(mean)}-channel images, normalisation for "
+        raise UsageError(f"{argument}: the weights were trained on {len(mean)}-channel images, normalisation for "
                          f"{in_chans} channels is not defined; use 1 or {len(mean)}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,43 +151,45 @@ def _module_of(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def _read_file(path: Path, argument: str) -> tuple[dict[str, Any], dict[str, str]]:
     if path.suffix == ".safetensors":
         try:
             from safetensors import safe_open
         except ImportError:  # pragma: no cover - safetensors comes with the train extra
-            raise UsageError("pretrained_file: reading .safetensors needs the safetensors package: "
+            raise UsageError(f"{argument}: reading .safetensors needs the safetensors package: "
                              "pip install 'visionattn[train]'") from None
         try:
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except Exception as err:  # SafetensorError, OSError, ValueError
-            raise CheckpointError(f"pretrained_file: {path} is not a readable safetensors file "
+            raise CheckpointError(f"{argument}: {path} is not a readable safetensors file "
                                   f"({type(err).__name__}: {err})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError for code in the file, RuntimeError/EOFError for a broken one
         first = (str(err).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"pretrained_file: {path} cannot be read as PyTorch weights with weights_only=True "
+        raise CheckpointError(f"{argument}: {path} cannot be read as PyTorch weights with weights_only=True "
                               f"({type(err).__name__}: {first}); only tensors are read, never pickled code: use "
                               "a state dict saved with torch.save, or safetensors") from None
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"pretrained_file: {path} holds a {type(obj).__name__}, needed a state dict "
+        raise CheckpointError(f"{argument}: {path} holds a {type(obj).__name__}, needed a state dict "
                               "(a mapping of names to tensors)")
     return dict(obj), {}
 
 
-def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors of a weights file, unwrapped and without ``module.``/``_orig_mod.`` prefixes, and its metadata.
+def read_state_dict(path: str | os.PathLike,
+                    argument: str = "pretrained_file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of a weights file, unwrapped and without ``module.``/``_orig_mod.`` prefixes, and its metadata;
+    errors name ``argument`` (the caller's name for the file: ``--pretrained`` on the command line).
 
     Raises:
         CheckpointError: missing or unreadable file, or one that holds no state dict.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"pretrained_file: {path} does not exist" if not path.exists() else
-                              f"pretrained_file: {path} is not a file")
-    state, metadata = _read_file(path)
+        raise CheckpointError(f"{argument}: {path} does not exist" if not path.exists() else
+                              f"{argument}: {path} is not a file")
+    state, metadata = _read_file(path, argument)
     for key in _WRAPPERS:  # a training checkpoint: the weights sit under one of these
         inner = state.get(key)
         if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -194,7 +197,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             break
     others = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if others or not state:
-        raise CheckpointError(f"pretrained_file: {path} is not a state dict of tensors"
+        raise CheckpointError(f"{argument}: {path} is not a state dict of tensors"
                               + (f" (entries {others[:_SHOW]} are not tensors)" if others else " (it is empty)"))
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in state):
@@ -202,7 +205,7 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return state, metadata
 
 
-def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+def adapt_input_conv(weight: torch.Tensor, in_chans: int, argument: str = "in_chans") -> torch.Tensor:
     """The first convolution's weight (O, I, kh, kw) for ``in_chans`` input channels, timm's rule.
 
     1 channel: the sum over the I filters (of three RGB filters, the one a grey image (x, x, x) sees).
@@ -217,7 +220,7 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
             return weight.reshape(weight.shape[0], have // 3, 3, *weight.shape[2:]).sum(dim=2)
         return weight.sum(dim=1, keepdim=True)
     if have != 3:
-        raise CheckpointError(f"in_chans: the file's first convolution takes {have} channels; adapting it to "
+        raise CheckpointError(f"{argument}: the file's first convolution takes {have} channels; adapting it to "
                               f"{in_chans} is defined from 3 (RGB) only")
     repeat = math.ceil(in_chans / 3)
     return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (3 / in_chans)
@@ -236,10 +239,10 @@ def _cfg(model: nn.Module) -> PretrainedCfg | None:
     return cfg if isinstance(cfg, PretrainedCfg) else None
 
 
-def _prepare(model: nn.Module, path: str | os.PathLike,
-             allow_new_layers: bool) -> tuple[dict[str, torch.Tensor], LoadReport]:
+def _prepare(model: nn.Module, path: str | os.PathLike, allow_new_layers: bool,
+             argument: str) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Read, convert and adapt the file for ``model`` and check that it fits; nothing is loaded yet."""
-    state, metadata = read_state_dict(path)
+    state, metadata = read_state_dict(path, argument)
     report = LoadReport(Path(path), metadata=metadata)
     from visionattn.models.legacy import convert_legacy_state_dict, is_legacy_state_dict
 
@@ -251,7 +254,7 @@ def _prepare(model: nn.Module, path: str | os.PathLike,
     if first in state and first in target and state[first].dim() == 4 and target[first].dim() == 4:
         have, want = state[first].shape[1], target[first].shape[1]
         if have != want:
-            state[first] = adapt_input_conv(state[first], want)
+            state[first] = adapt_input_conv(state[first], want, f"{argument} {path}")
             report.adapted_in_chans = (have, want)
     classifier = cfg.classifier if cfg is not None else "fc"
     head = [k for k in state if k.startswith(classifier + ".")]
@@ -285,7 +288,7 @@ def _prepare(model: nn.Module, path: str | os.PathLike,
             problems.append(f"{len(unexpected)} file tensors the model does not have (first: "
                             f"{', '.join(unexpected[:_SHOW])})")
         hint = _hint(state.keys())
-        raise CheckpointError(f"pretrained_file: {path} does not fit the architecture {name!r}: "
+        raise CheckpointError(f"{argument}: {path} does not fit the architecture {name!r}: "
                               + "; ".join(problems) + hint)
     report.new_layers = [k for k in target if k in new_layer_keys]
     report.loaded = len(state)
@@ -302,14 +305,16 @@ def _hint(keys: Any) -> str:
     return ""
 
 
-def check_pretrained(model: nn.Module, path: str | os.PathLike, allow_new_layers: bool = True) -> LoadReport:
+def check_pretrained(model: nn.Module, path: str | os.PathLike, allow_new_layers: bool = True,
+                     argument: str = "pretrained_file") -> LoadReport:
     """Everything :func:`load_pretrained` checks, without changing ``model`` (which may live on the meta device):
     for checks before any work starts."""
-    return _prepare(model, path, allow_new_layers)[1]
+    return _prepare(model, path, allow_new_layers, argument)[1]
 
 
 @torch.no_grad()
-def load_pretrained(model: nn.Module, path: str | os.PathLike, allow_new_layers: bool = True) -> LoadReport:
+def load_pretrained(model: nn.Module, path: str | os.PathLike, allow_new_layers: bool = True,
+                    argument: str = "pretrained_file") -> LoadReport:
     """Load a local weights file into ``model`` (see the module docstring for what is adapted and allowed).
 
     Args:
@@ -317,6 +322,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, allow_new_layers:
         path: a ``.safetensors`` file, or a PyTorch file readable with ``weights_only=True``.
         allow_new_layers: let attention layers that the file has no trace of keep their initialisation
             (False: every tensor but a refitted classifier must come from the file).
+        argument: the name of the file in error messages (``--pretrained`` on the command line).
 
     Returns:
         A :class:`LoadReport`; ``report.notes()`` for the log.
@@ -324,6 +330,6 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, allow_new_layers:
     Raises:
         CheckpointError: unreadable file, or one of another architecture (names the first keys that differ).
     """
-    state, report = _prepare(model, path, allow_new_layers)
+    state, report = _prepare(model, path, allow_new_layers, argument)
     model.load_state_dict(state, strict=False)  # _prepare checked: what is absent is exactly what may be
     return report
