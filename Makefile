@@ -27,7 +27,7 @@ data:
 	else echo "note: Fashion-MNIST not found and apt unavailable; pass --data-dir"; fi
 
 # The main job: the plain small-image ResNet against every channel and branch mechanism on Fashion-MNIST, one
-# recipe, trained on a 6000-image class-balanced subset for 2 epochs in about 12 minutes on 2 CPU cores
+# recipe, trained on a 6000-image class-balanced subset for 2 epochs in about 10 minutes on 2 CPU cores
 # (the full-data comparison is benchmarks/fashion_mnist.sh). Running it again reuses finished runs.
 CHANNEL_MODELS := se_resnet20,eca_resnet20,cbam_resnet20,bam_resnet20,ge_theta_minus_resnet20,ge_theta_resnet20,ge_theta_plus_resnet20
 BRANCH_MODELS := sk_resnet20,splat_resnet20,condconv_resnet20,dynamic_conv_resnet20
