@@ -157,7 +157,7 @@ def test_zero_init_last_zeroes_each_branchs_last_bn():
     ({"attn_kwargs": {"rd_ratio": 0.5}}, "need an attn layer"),
     ({"attn_where": "block"}, "need an attn layer"),
     ({"attn": "se", "attn_where": "everywhere"}, "attn_where: got 'everywhere', needed one of 'block', 'stage', "
-                                                 "'conv'"),
+                                                 "'after', 'conv'"),
     ({"attn": "se", "attn_where": "blok"}, "attn_where: got 'blok'.*did you mean 'block'"),
     ({"attn": "se", "attn_kwargs": {"rd_ration": 0.5}}, "attn_kwargs: 'se' takes no keyword 'rd_ration'; did you "
                                                         "mean 'rd_ratio'"),

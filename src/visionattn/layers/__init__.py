@@ -1,5 +1,6 @@
 """Attention layers, one file per mechanism; importing this package registers them all."""
 
+from visionattn.layers.attention_core import Attention, AttentionRecorder, attention
 from visionattn.layers.attention_stem import AttentionStem2d, PositionMixture
 from visionattn.layers.bam import BamChannelAttention, BamSpatialAttention, BottleneckAttention
 from visionattn.layers.cbam import CbamChannelAttention, CbamSpatialAttention, ConvBlockAttention
@@ -9,8 +10,10 @@ from visionattn.layers.eca import EfficientChannelAttention, eca_kernel_size
 from visionattn.layers.gather_excite import GatherExcite
 from visionattn.layers.local_attention import LocalSelfAttention2d, RelativeEmbedding2d
 from visionattn.layers.selective_kernel import SelectiveKernel
+from visionattn.layers.self_attention import MultiHeadSelfAttention, SelfAttention2d
 from visionattn.layers.split_attention import SplitAttention, SplitAttention0
 from visionattn.layers.squeeze_excite import SEVar1, SEVar2, SEVar3, SqueezeExcite
+from visionattn.layers.transformer import TransformerBlock
 
 __all__ = [
     "SqueezeExcite",
@@ -38,4 +41,10 @@ __all__ = [
     "RelativeEmbedding2d",
     "AttentionStem2d",
     "PositionMixture",
+    "attention",
+    "Attention",
+    "AttentionRecorder",
+    "MultiHeadSelfAttention",
+    "SelfAttention2d",
+    "TransformerBlock",
 ]

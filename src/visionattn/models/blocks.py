@@ -13,7 +13,7 @@ A layer with its own BN and ReLU in place of a convolution (SplAt) leaves ``bn2`
 as timm's ResNeSt does. The SK networks follow timm's SKNet layout instead (``layout="units"``): each
 convolution is a unit with ``conv``, ``bn``, ``act`` children (``conv1.conv``, ``conv1.bn``), and SK is
 ``conv2`` itself. The last convolution's activation comes after the addition, under the last index (``act3`` of
-a bottleneck, ``act2`` of a basic block).
+a bottleneck, ``act2`` of a basic block). A layer placed after the block (the non-local block) is ``attn``.
 """
 
 from __future__ import annotations
@@ -127,6 +127,9 @@ class _Residual(nn.Module):
     def _finish(self, in_chs: int, out_chs: int, stride: int, plug: AttnPlug, feat_size: Size | None,
                 avg_down: bool) -> None:
         self.se = plug.block_attn(out_chs, feat_size)
+        after = plug.after_attn(out_chs, feat_size)
+        if after is not None:  # named only where present, so plain blocks keep the ecosystem's module tree
+            self.attn = after
         setattr(self, f"act{self._units}", nn.ReLU(inplace=True))  # after the addition
         self.downsample = make_shortcut(in_chs, out_chs, stride, avg_down)
         self._act_out = f"act{self._units}"
@@ -143,7 +146,8 @@ class _Residual(nn.Module):
             out = getattr(self, name)(out)
         out = self.se(out)
         out += self.downsample(x)  # in place, as timm: the branch's last BN output is not needed by autograd
-        return getattr(self, self._act_out)(out)
+        out = getattr(self, self._act_out)(out)
+        return self.attn(out) if hasattr(self, "attn") else out
 
 
 class BasicBlock(_Residual):

@@ -6,11 +6,17 @@ A network takes one layer name (``attn="se"``) and an :class:`AttnPlug` says whe
   addition (SE, ECA, CBAM, GE-theta-minus / theta / theta-plus).
 - ``"stage"``: once at the end of every stage but the last, on the stage's output (BAM: "at the bottlenecks"
   between stages, i.e. after stages 1-3 of a four-stage ResNet).
+- ``"after"``: on the output of a residual block, after the addition and ReLU (the non-local block of Wang et
+  al. 2018, "added after a residual block"; it carries its own residual connection).
 - ``"conv"``: in place of convolutions of the block (every conv-like layer of the registry). Layers that end
   with their own BN and ReLU (SK, SplAt) replace the kxk convolution that is followed by BN + ReLU (the 3x3 of
   a bottleneck, the first 3x3 of a basic block); the mixture-of-experts convolutions (CondConv, dynamic
   convolution) replace every convolution of the residual branch, 1x1 and 3x3, and keep the block's BN and
   activation. The stem, the projection shortcut and the classifier stay static, as in both papers.
+
+``stages`` restricts the layer to some stages (numbered as ``layer1`` ... ``layerN``; BoTNet: the last) and
+``every`` to every n-th block of them (blocks n, 2n, ... counting from 1; the non-local ResNet-50: every other
+block of stages 2 and 3, the official code's ``i % 2 == 1``); elsewhere the network stays plain.
 
 The plug is the only place that knows these rules; the blocks ask it for their pieces. It also checks the
 layer's keyword arguments before anything is built: an unknown keyword gets a "did you mean", and a keyword the
@@ -32,9 +38,11 @@ from visionattn.registry import create_attn, get_attn_entry
 
 __all__ = ["AttnPlug", "PLACEMENTS", "conv2d", "init_conv"]
 
-PLACEMENTS = ("block", "stage", "conv")
+PLACEMENTS = ("block", "stage", "after", "conv")
 # BAM's paper puts it at the bottlenecks between stages, not in every block.
 _STAGE_END = frozenset({"bam"})
+# the non-local block goes after a residual block, on its output
+_AFTER_BLOCK = frozenset({"non_local"})
 # these carry their own BN + ReLU after the convolution (SK eq. 7.1, SplAt eq. 8.1)
 _OWN_NORM_ACT = frozenset({"sk", "splat", "splat0"})
 # blocks with these are laid out as timm's SKNet (each convolution a unit with .conv / .bn), not flat
@@ -77,7 +85,9 @@ def default_placement(name: str) -> str:
     """Where the paper of layer ``name`` puts it: ``"conv"``, ``"stage"`` or ``"block"``."""
     if get_attn_entry(name).conv_like:
         return "conv"
-    return "stage" if name in _STAGE_END else "block"
+    if name in _STAGE_END:
+        return "stage"
+    return "after" if name in _AFTER_BLOCK else "block"
 
 
 @dataclass(frozen=True)
@@ -91,12 +101,16 @@ class AttnPlug:
         stage_kwargs: one mapping per stage, merged over ``kwargs`` for that stage's layers (e.g. the official
             ECA-ResNet-50's ``[{"kernel_size": 3}, {"kernel_size": 5}, {"kernel_size": 5}, {"kernel_size": 7}]``);
             empty for the same keywords everywhere. :meth:`for_stage` gives a stage's plug.
+        stages: the stage numbers (1 = ``layer1``) that get the layer; None for all.
+        every: only every ``every``-th block of those stages gets it (:meth:`for_block`).
     """
 
     name: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     where: str | None = None
     stage_kwargs: Sequence[Mapping[str, Any]] = ()
+    stages: Sequence[int] | None = None
+    every: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.kwargs, Mapping):
@@ -104,9 +118,18 @@ class AttnPlug:
         if isinstance(self.stage_kwargs, (str, Mapping)) or not isinstance(self.stage_kwargs, Sequence) or not all(
                 isinstance(k, Mapping) for k in self.stage_kwargs):
             raise UsageError(f"attn_stage_kwargs must be a list of mappings, one per stage, got {self.stage_kwargs!r}")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise UsageError(f"attn_every must be a whole number >= 1 (every n-th block), got {self.every!r}")
+        if self.stages is not None:
+            if isinstance(self.stages, (str, Mapping)) or not isinstance(self.stages, Sequence) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in self.stages):
+                raise UsageError(f"attn_stages must be a list of stage numbers (1 = layer1), got {self.stages!r}")
+            object.__setattr__(self, "stages", tuple(self.stages))
         if self.name is None:
-            if self.kwargs or self.where is not None or self.stage_kwargs:
-                raise UsageError(f"attn_kwargs / attn_stage_kwargs / attn_where need an attn layer, got attn=None "
+            if self.kwargs or self.where is not None or self.stage_kwargs or self.stages is not None or \
+                    self.every != 1:
+                raise UsageError(f"attn_kwargs / attn_stage_kwargs / attn_where / attn_stages / attn_every need an "
+                                 f"attn layer, got attn=None "
                                  f"with attn_kwargs={dict(self.kwargs)!r}, attn_where={self.where!r}")
             return
         entry = get_attn_entry(self.name)  # raises a UsageError with a "did you mean"
@@ -122,13 +145,29 @@ class AttnPlug:
             _check_layer_kwargs(self.name, stage, "attn_stage_kwargs", reserved)
 
     def for_stage(self, index: int, num_stages: int) -> AttnPlug:
-        """The plug for stage ``index`` of ``num_stages``: ``kwargs`` updated by that stage's ``stage_kwargs``."""
+        """The plug for stage ``index`` (0-based) of ``num_stages``: ``kwargs`` updated by that stage's
+        ``stage_kwargs``; a plain plug for a stage not in ``stages``."""
+        if self.stages is not None:
+            beyond = [i for i in self.stages if i > num_stages]
+            if beyond:
+                raise UsageError(f"attn_stages: stage {beyond[0]} does not exist, the network has {num_stages} "
+                                 f"stages (layer1 ... layer{num_stages})")
+            if index + 1 not in self.stages:
+                return AttnPlug()
         if not self.stage_kwargs:
-            return self
+            return dataclasses.replace(self, stages=None) if self.stages is not None else self
         if len(self.stage_kwargs) != num_stages:
             raise UsageError(f"attn_stage_kwargs needs one mapping per stage ({num_stages}), got "
                              f"{len(self.stage_kwargs)}")
-        return dataclasses.replace(self, kwargs={**self.kwargs, **self.stage_kwargs[index]}, stage_kwargs=())
+        return dataclasses.replace(self, kwargs={**self.kwargs, **self.stage_kwargs[index]}, stage_kwargs=(),
+                                   stages=None)
+
+    def for_block(self, index: int) -> AttnPlug:
+        """The plug for block ``index`` (0-based) of a stage: a plain plug unless ``index + 1`` is a multiple of
+        ``every``."""
+        if self.every == 1:
+            return self
+        return dataclasses.replace(self, every=1) if (index + 1) % self.every == 0 else AttnPlug()
 
     def _build(self, channels: int, feat_size: tuple[int, int] | None, **extra: Any) -> nn.Module:
         assert self.name is not None
@@ -147,6 +186,10 @@ class AttnPlug:
     def stage_attn(self, channels: int, feat_size: tuple[int, int] | None) -> nn.Module:
         """The layer for the end of a (non-final) stage, or Identity if it does not go there."""
         return self._build(channels, feat_size) if self.where == "stage" else nn.Identity()
+
+    def after_attn(self, channels: int, feat_size: tuple[int, int] | None) -> nn.Module | None:
+        """The layer for a residual block's output, or None if it does not go there."""
+        return self._build(channels, feat_size) if self.where == "after" else None
 
     def replaces(self, kernel_size: int, act: bool) -> bool:
         """Whether the plug takes the place of a ``kernel_size`` convolution (followed by an activation?)."""

@@ -64,7 +64,9 @@ class ResNet(nn.Module):
         attn_kwargs: keyword arguments for every instance of ``attn``.
         attn_stage_kwargs: one mapping per stage merged over ``attn_kwargs`` there, e.g. ECA's per-stage
             ``kernel_size`` of the official checkpoints (``eca_resnet50_k3557``); None for the same everywhere.
-        attn_where: ``"block"``, ``"stage"`` or ``"conv"`` to override the paper's placement.
+        attn_where: ``"block"``, ``"stage"``, ``"after"`` or ``"conv"`` to override the paper's placement.
+        attn_stages: the stages (1 = ``layer1``) that get ``attn``; None for all (BoTNet: ``(4,)``).
+        attn_every: only every n-th block of those stages gets it (non-local ResNet-50: 2).
         drop_rate: dropout before the classifier.
         zero_init_last: start each residual branch's last BN at zero (the block starts as the identity).
 
@@ -90,7 +92,8 @@ class ResNet(nn.Module):
                  avg_down: bool = False, avd: bool = False, stride_in_1x1: bool = False, attn: str | None = None,
                  attn_kwargs: Mapping[str, Any] | None = None, attn_where: str | None = None,
                  drop_rate: float = 0.0, zero_init_last: bool = False,
-                 attn_stage_kwargs: Sequence[Mapping[str, Any]] | None = None) -> None:
+                 attn_stage_kwargs: Sequence[Mapping[str, Any]] | None = None,
+                 attn_stages: Sequence[int] | None = None, attn_every: int = 1) -> None:
         super().__init__()
         check_choice("block", block, sorted(BLOCKS))
         for name, values in (("layers", layers), ("widths", widths)):
@@ -111,7 +114,7 @@ class ResNet(nn.Module):
         self.input_size = (in_chans, *self.img_size)
         self.zero_init_last = zero_init_last
         plug = AttnPlug(attn, {} if attn_kwargs is None else attn_kwargs, attn_where,
-                        () if attn_stage_kwargs is None else attn_stage_kwargs)
+                        () if attn_stage_kwargs is None else attn_stage_kwargs, attn_stages, attn_every)
 
         conv1, stem_chs, stem_stride = make_stem(in_chans, stem_type, stem_width, small_input)
         self.in_chans = in_chans
@@ -177,7 +180,8 @@ class ResNet(nn.Module):
             kwargs = {**block_kwargs, "plug": stage_plug}
             blocks: OrderedDict[str, nn.Module] = OrderedDict()
             for j in range(depth):
-                blocks[str(j)] = block(in_chs, planes, stride if j == 0 else 1, feat_size=feat, **kwargs)
+                blocks[str(j)] = block(in_chs, planes, stride if j == 0 else 1, feat_size=feat,
+                                       **{**kwargs, "plug": stage_plug.for_block(j)})
                 in_chs = blocks[str(j)].out_channels
             if i < len(layers) - 1 and plug.where == "stage":
                 blocks["attn"] = stage_plug.stage_attn(in_chs, feat)
