@@ -94,6 +94,9 @@ class MultiHeadSelfAttention(nn.Module):
         return f"dim={self.dim}, heads={self.heads}, dim_head={self.dim_head}"
 
 
+@register_attn("linear_attention", paper="Katharopoulos et al. 2020, Transformers are RNNs", family="self-attention",
+               description="Global linear attention over the pixels: phi(Q) (phi(K)^T V), phi = elu + 1",
+               defaults={"kernel": "linear"}, variants=({"heads": 1},))
 @register_attn("mhsa", paper=_PAPER, family="self-attention",
                description="Global multi-head self-attention over the pixels of a feature map",
                variants=({"heads": 1}, {"kernel": "linear"}, {"heads": 2, "dim_head": 4, "impl": "explicit"}))

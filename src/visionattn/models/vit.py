@@ -29,7 +29,7 @@ from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.helpers import check_bool, check_positive_int, pair
 from visionattn.layers.transformer import TransformerBlock
 from visionattn.models.position_embedding import resample_pos_embed
-from visionattn.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
+from visionattn.models.pretrained import PretrainedCfg
 
 __all__ = ["PatchEmbed", "VisionTransformer", "POOLS"]
 
