@@ -3,6 +3,7 @@ good checkpoint kept, Ctrl-C reported as one line that resumes exactly, finished
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -421,3 +422,18 @@ def test_ctrl_c_on_the_command_line_prints_one_line_and_exits_130(fmnist, tmp_pa
     assert code == 130 and "Traceback" not in err
     assert f"the last checkpoint is step 3 in {run / 'checkpoints'}; continue with: visionattn train --resume {run}" \
         in err.strip().splitlines()[-1]
+
+
+def test_a_named_recipe_sets_its_values_under_the_flags_given():
+    from visionattn.recipe import RECIPES, add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--model", "resnet20", "--recipe", "vit", "--lr", "0.002"]))
+    assert (cfg.optimizer, cfg.lr, cfg.weight_decay) == ("adamw", 0.002, RECIPES["vit"]["weight_decay"])
+    assert (cfg.label_smoothing, cfg.warmup_epochs) == (RECIPES["vit"]["label_smoothing"],
+                                                        RECIPES["vit"]["warmup_epochs"])
+    plain = config_from_args(parser.parse_args(["--model", "resnet20"]))
+    assert (plain.optimizer, plain.lr) == ("sgd", 0.1)
+    with pytest.raises(UsageError, match="--recipe: got 'vti'.*did you mean 'vit'"):
+        config_from_args(parser.parse_args(["--model", "resnet20", "--recipe", "vti"]))

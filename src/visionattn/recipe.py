@@ -5,6 +5,11 @@ global batch of 128, one epoch of linear warm-up then cosine decay to zero (Losh
 without restarts), weight decay 5e-4 on weights but not on biases and normalisation parameters, random crop with
 2-pixel padding and horizontal flip.
 
+``--recipe vit`` starts from the recipe vision transformers need on small data instead (:data:`RECIPES`): AdamW,
+a longer warm-up, cosine decay, label smoothing (DeiT, Touvron et al. 2021, and the small-data ViT studies
+of Lee et al. 2021; the values were tuned on Fashion-MNIST, see ``benchmarks/vit_fashion_mnist.md``). Flags
+given beside it override its values.
+
 Importing this module does not import torch: the command line builds ``visionattn train --help`` and checks
 every option from it before it loads anything heavy. Every error names the setting by its command-line flag
 (``--lr``, ``--weight-decay``; the Python field is the flag without dashes, ``-`` read as ``_``).
@@ -35,7 +40,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "PRECISIONS", "CHANNEL_MODES", "add_train_arguments", "config_from_args",
+__all__ = ["TrainConfig", "RECIPES", "recipe_settings",
+           "OPTIMIZERS", "PRECISIONS", "CHANNEL_MODES", "add_train_arguments", "config_from_args",
            "build_optimizer", "build_scheduler", "RESUME_OVERRIDES", "flag", "check_device_syntax"]
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -45,6 +51,20 @@ _DEFAULT_WD = {"sgd": 5e-4, "adamw": 0.05}
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 _DEVICE_EXAMPLES = ("auto", "cpu", "cuda", "cuda:0", "mps")
 _DEVICE_ALIASES = {"gpu": "cuda", "cuda0": "cuda:0", "nvidia": "cuda", "metal": "mps"}
+
+
+# named starting points for the settings; options given on the command line override them
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 3.0, "label_smoothing": 0.1,
+            "epochs": 30},
+}
+
+
+def recipe_settings(name: Any, argument: str = "--recipe") -> dict[str, Any]:
+    """The settings of the named recipe (:data:`RECIPES`); unknown names get a "did you mean"."""
+    check_choice(argument, name, RECIPES)
+    return dict(RECIPES[name])
 
 
 def flag(name: str) -> str:
@@ -255,6 +275,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
     parser.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                         help="extra keyword for the model factory, e.g. attn=se; the value is read as JSON when it "
                              "can be; repeat for several (default none)")
+    parser.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME",
+                        help=f"named starting settings, overridden by the options given: {', '.join(RECIPES)} "
+                             "(vit: AdamW lr 1e-3, weight decay 0.05, 3 warm-up epochs, label smoothing 0.1, "
+                             "30 epochs; default: default, the SGD recipe above)")
     if "--resume" not in exclude:
         parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                             help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration "
@@ -298,6 +322,8 @@ def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = No
     :data:`RESUME_OVERRIDES`, since anything else would make the resumed run differ from the one it continues."""
     names = {f.name for f in fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
+    if "recipe" in vars(args):  # the preset's values, under the options given
+        given = {**recipe_settings(args.recipe), **given}
     if "model_arg" in vars(args):
         given["model_args"] = _parse_model_args(args.model_arg)
     if isinstance(given.get("pretrained"), str) and given["pretrained"]:

@@ -112,7 +112,7 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.grid[0] * self.grid[1], dim))
         self.pos_drop = nn.Dropout(drop_rate if pos_drop_rate is None else pos_drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # no tensor: meta-device builds
         self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                                                        drop=drop_rate, attn_drop=attn_drop_rate, drop_path=r,
                                                        kernel=kernel, norm_eps=norm_eps) for r in rates))
