@@ -1,17 +1,24 @@
 """Record timm's state-dict layout (keys and shapes, in order) for every architecture we share with timm.
 
 Writes ``tests/data/timm_state_dict_keys.json.gz``: ``{timm_name: [[key, shape], ...]}`` in state-dict order,
-for every timm name in :data:`visionattn.models.zoo.TIMM_NAMES`. ``tests/models/test_timm_layout.py`` checks our
-models against it without timm. The file is gzip with mtime 0 and sorted model names, so re-recording with the
-same timm gives the same bytes. Re-record after adding a pair to ``TIMM_NAMES``.
+for every timm name in :data:`visionattn.models.zoo.TIMM_NAMES` (the ResNet family), and in the same format
+``tests/data/timm_vit_state_dict_keys.json.gz`` for :data:`visionattn.models.vit_zoo.VIT_TIMM_NAMES` (the ViTs).
+``tests/models/test_timm_layout.py`` and ``tests/models/test_vit.py`` check our models against them without timm.
+The files are gzip with mtime 0 and sorted model names, so re-recording with the same timm gives the same bytes.
+Re-record after adding a pair to ``TIMM_NAMES`` or ``VIT_TIMM_NAMES``.
+
+``--check-vit`` also builds our ViTs beside timm's (ViT-Ti/S/B at 224, and ViT-Ti with average pooling, without
+a class token, with ``fc_norm=False``): timm's random weights (every tensor, LayerNorms included) load into ours
+with ``strict=True`` and ours into timm's, and it prints the largest difference of the eval logits on two
+random 224x224 images (float32).
 
 timm needs torchvision, which has no CPU build here; run it in the timm virtual environment with the stub on the
 path (see ``../shared/tools/timm_side_by_side/README.md`` for the one-time setup)::
 
     PYTHONPATH=../shared/tools/timm_side_by_side/torchvision_stub ~/timm-venv/bin/python \\
-        benchmarks/record_timm_layout.py
+        benchmarks/record_timm_layout.py [--check-vit]
 
-The models are built on the ``meta`` device: no weights are allocated, so the whole record takes seconds.
+The models are recorded on the ``meta`` device: no weights are allocated, so the whole record takes seconds.
 """
 
 from __future__ import annotations
@@ -25,9 +32,19 @@ from pathlib import Path
 
 import torch
 
+from visionattn.models.vit_zoo import VIT_TIMM_NAMES
 from visionattn.models.zoo import TIMM_NAMES
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "timm_state_dict_keys.json.gz"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+OUT = DATA / "timm_state_dict_keys.json.gz"
+VIT_OUT = DATA / "timm_vit_state_dict_keys.json.gz"
+# (our name, timm name, keyword arguments for both): the configurations --check-vit compares
+VIT_CHECKS = [("vit_tiny_patch16_224", "vit_tiny_patch16_224", {}),
+              ("vit_small_patch16_224", "vit_small_patch16_224", {}),
+              ("vit_base_patch16_224", "vit_base_patch16_224", {}),
+              ("vit_tiny_patch16_224", "vit_tiny_patch16_224", {"global_pool": "avg"}),
+              ("vit_tiny_patch16_224", "vit_tiny_patch16_224", {"global_pool": "avg", "class_token": False}),
+              ("vit_tiny_patch16_224", "vit_tiny_patch16_224", {"global_pool": "avg", "fc_norm": False})]
 
 
 def timm_layout(timm_name: str) -> list[list]:
@@ -37,6 +54,36 @@ def timm_layout(timm_name: str) -> list[list]:
     with torch.device("meta"):
         model = timm.create_model(timm_name, pretrained=False)
     return [[key, list(tensor.shape)] for key, tensor in model.state_dict().items()]
+
+
+def randomise(model: torch.nn.Module, seed: int) -> None:
+    """Every tensor random (weights of std 0.05, LayerNorm scales around 1), so that equal outputs mean that every
+    loaded tensor is used where it belongs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            noise = torch.randn(tensor.shape, generator=gen)
+            is_scale = name.endswith(".weight") and tensor.dim() == 1
+            tensor.copy_(1 + 0.1 * noise if is_scale else 0.05 * noise)
+
+
+def check_vit(ours_name: str, timm_name: str, kwargs: dict) -> str:
+    """Strict loads both ways and the largest logit difference, as one line."""
+    import timm
+
+    import visionattn
+
+    theirs = timm.create_model(timm_name, pretrained=False, **kwargs).eval()
+    ours = visionattn.create_model(ours_name, **kwargs).eval()
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    diffs = []
+    for src, dst, seed in ((theirs, ours, 1), (ours, theirs, 2)):  # timm -> ours, then ours -> timm
+        randomise(src, seed)
+        dst.load_state_dict(src.state_dict(), strict=True)
+        with torch.no_grad():
+            diffs.append((ours(x) - theirs(x)).abs().max().item())
+    return (f"{ours_name} {kwargs or ''}: strict both ways; max |logits ours - timm| {diffs[0]:.2e} (timm -> ours), "
+            f"{diffs[1]:.2e} (ours -> timm)")
 
 
 def write_record(record: dict[str, list[list]], path: Path) -> None:
@@ -52,6 +99,8 @@ def write_record(record: dict[str, list[list]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help=f"output file (default {OUT})")
+    parser.add_argument("--vit-out", type=Path, default=VIT_OUT, help=f"the ViTs' output file (default {VIT_OUT})")
+    parser.add_argument("--check-vit", action="store_true", help="also compare our ViTs with timm's (see above)")
     args = parser.parse_args(argv)
     try:
         import timm
@@ -61,10 +110,15 @@ def main(argv: list[str] | None = None) -> int:
               "    PYTHONPATH=../shared/tools/timm_side_by_side/torchvision_stub ~/timm-venv/bin/python "
               "benchmarks/record_timm_layout.py", file=sys.stderr)
         return 2
-    record = {timm_name: timm_layout(timm_name) for timm_name in sorted(set(TIMM_NAMES.values()))}
-    write_record(record, args.out)
-    tensors = sum(len(v) for v in record.values())
-    print(f"timm {timm.__version__}: {len(record)} models, {tensors} state-dict entries -> {args.out}")
+    for names, out in ((TIMM_NAMES, args.out), (VIT_TIMM_NAMES, args.vit_out)):
+        record = {timm_name: timm_layout(timm_name) for timm_name in sorted(set(names.values()))}
+        write_record(record, out)
+        tensors = sum(len(v) for v in record.values())
+        print(f"timm {timm.__version__}: {len(record)} models, {tensors} state-dict entries -> {out}")
+    if args.check_vit:
+        torch.manual_seed(0)
+        for ours_name, timm_name, kwargs in VIT_CHECKS:
+            print(check_vit(ours_name, timm_name, kwargs), flush=True)
     return 0
 
 

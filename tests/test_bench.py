@@ -127,3 +127,16 @@ def test_cli_bench_models_bf16_names_the_precision(capsys):
     assert cli.main(["bench", "--models", "resnet20", "--input", "1x16x16", "--batch", "2", "--reps", "1",
                      "--warmup", "0", "--num-classes", "10", "--precision", "bf16", "--channels-last"]) == 0
     assert "bf16, channels-last" in capsys.readouterr().out
+
+
+def test_bench_counts_the_fused_attention_path():
+    """F.scaled_dot_product_attention's CPU kernel counted 0 multiply-adds: a fused layer looked cheaper than
+    the same layer on the explicit path."""
+    from visionattn.layers.self_attention import SelfAttention2d
+
+    x = torch.randn(2, 8, 4, 4)
+    fused, explicit = (bench.bench_module(impl, SelfAttention2d(8, heads=2, impl=impl), x, warmup=0, reps=1)
+                       for impl in ("fused", "explicit"))
+    assert fused.macs == explicit.macs == count_macs(SelfAttention2d(8, heads=2, impl="explicit"), x[:1])
+    projections = 16 * 8 * 3 * 8 + 16 * 8 * 8  # qkv and proj, 1x1 over 16 pixels
+    assert fused.macs == projections + 2 * 16 * 16 * (4 + 4)  # and Q K^T, A V over 2 heads of 4

@@ -35,6 +35,7 @@ def test_comparison_table_plots_and_resume(fmnist, tmp_path, monkeypatch):
         accs = [100 * run["test_acc"] for run in r["runs"]]
         assert r["seeds"] == 2 and r["top1_mean"] == pytest.approx(sum(accs) / 2)
         assert r["params"] > 0 and r["macs"] > 0 and r["train_img_s"] > 0 and r["latency_ms"] > 0
+        assert r["attn_macs"] == 0  # convolutions only
     assert rows[0]["params"] == 8 * 9 + 8 + 16 * 8 * 9 + 16 + 16 * 10 + 10  # TinyNet without BatchNorm
     cost = json.loads((out / "costs" / "test_tiny.json").read_text())
     assert (cost["precision"], cost["channels_last"], cost["batch"]) == ("fp32", False, 8)
@@ -44,6 +45,7 @@ def test_comparison_table_plots_and_resume(fmnist, tmp_path, monkeypatch):
 
     table = compare.write_outputs(rows, out, baseline="test_tiny")
     assert "| test_tiny_bn " in table and "Against test_tiny" in table
+    assert "| macs " in table and "| attn_macs " in table
     for name in ("compare.md", "compare.csv", "accuracy_vs_macs.png", "accuracy_vs_latency.png",
                  "training_curves.png"):
         assert (out / name).stat().st_size > 0, name
@@ -69,6 +71,26 @@ def test_cost_is_measured_in_the_recipes_precision(monkeypatch):
     cost = compare.measure_cost("test_tiny", (1, 28, 28), 10, batch=4, reps=1, precision="bf16", channels_last=True)
     assert seen == {"precision": "bf16", "channels_last": True}
     assert cost["precision"] == "bf16" and cost["latency_ms"] > 0
+
+
+def test_cost_counts_attention_macs(monkeypatch):
+    fake = type("R", (), {"train_images_per_s": 1.0, "train_peak_mb": 1.0, "params": 1, "macs": 4})()
+    monkeypatch.setattr(compare, "bench_module", lambda *a, **kw: fake)
+    cost = compare.measure_cost("vit_patch4_28", (1, 28, 28), 10, batch=2, reps=1)
+    model, _ = compare.build_for_input("vit_patch4_28", (1, 28, 28), num_classes=10)
+    attn, tokens = model.blocks[0].attn, model.grid[0] * model.grid[1] + model.num_prefix_tokens
+    assert cost["attn_macs"] == len(model.blocks) * attn.heads * tokens * tokens * 2 * attn.dim_head
+
+
+def test_a_cost_measured_before_attention_was_counted_gets_its_count(tmp_path, monkeypatch):
+    """An earlier comparison's cost file has no attn_macs: it is counted (no timing) and the file updated."""
+    old = {"params": 1, "macs": 2, "train_img_s": 3.0, "latency_ms": 4.0, "peak_train_mb": 5.0}
+    (tmp_path / "costs").mkdir()
+    (tmp_path / "costs" / "vit_patch4_28.json").write_text(json.dumps(old))
+    monkeypatch.setattr(compare, "measure_cost", lambda *a, **kw: pytest.fail("measured again"))
+    cost = compare._cost(tmp_path, "vit_patch4_28", (1, 28, 28), 10, 4, TrainConfig(), log=lambda m: None)
+    assert cost == {**old, "attn_macs": cost["attn_macs"]} and cost["attn_macs"] > 0
+    assert json.loads((tmp_path / "costs" / "vit_patch4_28.json").read_text()) == cost
 
 
 def test_interrupted_run_is_resumed_not_restarted(fmnist, tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """The comparison bench: ``visionattn compare``.
 
 Trains every model with the same recipe and seeds, measures what each costs, and writes one table, as the
-papers' tables do: test top-1 (mean and spread over seeds), parameters, multiply-adds, training images/s,
+papers' tables do: test top-1 (mean and spread over seeds), parameters, multiply-adds (and attention's share of
+them, QK^T and AV: :mod:`visionattn.complexity`), training images/s,
 inference latency per image and peak training memory. Markdown and CSV, plus PNG plots (accuracy against
 multiply-adds, accuracy against latency, test-accuracy curves).
 
@@ -25,7 +26,7 @@ import torch
 
 from visionattn.bench import bench_module, median_ms
 from visionattn.checkpoint import atomic_write
-from visionattn.complexity import format_table
+from visionattn.complexity import format_table, mac_counts
 from visionattn.errors import UsageError, check_choice, check_positive, check_writable_dir, unknown_name
 from visionattn.formats import autocast
 from visionattn.info import build_for_input
@@ -37,7 +38,7 @@ from visionattn.train import train
 __all__ = ["run_comparison", "check_comparison", "check_output_dir", "measure_cost", "summarise", "write_outputs",
            "plot_styles", "COLUMNS"]
 
-COLUMNS = ["model", "top1_mean", "top1_std", "seeds", "params", "macs", "train_img_s", "latency_ms",
+COLUMNS = ["model", "top1_mean", "top1_std", "seeds", "params", "macs", "attn_macs", "train_img_s", "latency_ms",
            "peak_train_mb"]
 
 
@@ -59,12 +60,14 @@ def _train_one(cfg: TrainConfig, out: Path, log: Any) -> dict[str, Any]:
 
 def measure_cost(model_name: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
                  reps: int = 3, precision: str = "fp32", channels_last: bool = False) -> dict[str, Any]:
-    """Parameters, MACs per image, training images/s and peak memory at ``batch``, latency of one image.
+    """Parameters, MACs per image (in total and in attention), training images/s and peak memory at ``batch``,
+    latency of one image.
 
     Speed and memory are measured in the recipe's ``precision`` and memory format, as the models were trained.
     """
     model, _ = build_for_input(model_name, input_shape, num_classes=num_classes)
     x = torch.randn(batch, *input_shape)
+    attn_macs = mac_counts(model, x[:1]).attention
     res = bench_module(model_name, model, x, warmup=1, reps=reps, precision=precision, channels_last=channels_last)
     one = x[:1].contiguous(memory_format=torch.channels_last) if channels_last else x[:1]
     model.eval()
@@ -76,7 +79,7 @@ def measure_cost(model_name: str, input_shape: tuple[int, int, int], num_classes
             model(one)
 
     latency = median_ms(infer, torch.device("cpu"), warmup=2, reps=max(5, reps))
-    return {"params": res.params, "macs": res.macs, "train_img_s": res.train_images_per_s,
+    return {"params": res.params, "macs": res.macs, "attn_macs": attn_macs, "train_img_s": res.train_images_per_s,
             "latency_ms": latency, "peak_train_mb": res.train_peak_mb, "batch": batch,
             "threads": torch.get_num_threads(), "precision": precision, "channels_last": channels_last}
 
@@ -85,10 +88,16 @@ def _cost(out: Path, model: str, input_shape: tuple[int, int, int], num_classes:
           base: TrainConfig, log: Any) -> dict[str, float]:
     path = out / "costs" / f"{model}.json"
     if path.is_file():
-        return json.loads(path.read_text())
-    log(f"{model}: measuring cost (batch {batch})")
-    cost = measure_cost(model, input_shape, num_classes, batch, precision=base.precision,
-                        channels_last=base.channels_last)
+        cost = json.loads(path.read_text())
+        if "attn_macs" in cost:
+            return cost
+        # measured before attention was counted apart: count it (no timing), keep the measured rest
+        built, _ = build_for_input(model, input_shape, num_classes=num_classes)
+        cost["attn_macs"] = mac_counts(built, torch.randn(1, *input_shape)).attention
+    else:
+        log(f"{model}: measuring cost (batch {batch})")
+        cost = measure_cost(model, input_shape, num_classes, batch, precision=base.precision,
+                            channels_last=base.channels_last)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(cost, indent=2).encode())
     return cost
@@ -207,7 +216,8 @@ def summarise(model: str, results: list[dict[str, Any]], cost: dict[str, float])
     accs = [100 * r["test_acc"] for r in results]
     return {"model": model, "top1_mean": statistics.fmean(accs),
             "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "seeds": len(accs),
-            "params": int(cost["params"]), "macs": int(cost["macs"]), "train_img_s": cost["train_img_s"],
+            "params": int(cost["params"]), "macs": int(cost["macs"]),
+            "attn_macs": int(cost["attn_macs"]), "train_img_s": cost["train_img_s"],
             "latency_ms": cost["latency_ms"], "peak_train_mb": cost["peak_train_mb"],
             "epochs": results[0].get("epochs"), "runs": results}
 
@@ -224,7 +234,7 @@ def _display(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def write_outputs(rows: list[dict[str, Any]], out: str | Path, baseline: str | None = None) -> str:
     """Write ``compare.md``, ``compare.csv`` and the plots into ``out``; return the Markdown table."""
     out = Path(out)
-    table = format_table(_display(rows), COLUMNS, human=("params", "macs"))
+    table = format_table(_display(rows), COLUMNS, human=("params", "macs", "attn_macs"))
     if baseline is not None:
         base = next((r for r in rows if r["model"] == baseline), None)
         if base is not None:

@@ -1,9 +1,11 @@
 """What ``visionattn info MODEL`` prints: parameters, multiply-adds and a per-stage table of a registered model.
 
 Multiply-adds come from ``torch.utils.flop_counter`` (see :mod:`visionattn.complexity`): convolutions and
-matrix products, one eval-mode forward pass of one image. The stages are the model's top-level children, with
-a top-level ``nn.Sequential`` of composite parts opened one level, or the groups a model names itself
-(``info_groups()``: a ResNet's stem, layer1 ... layerN and head).
+matrix products, one eval-mode forward pass of one image; attention's own (QK^T and AV, or the linear kernel's
+products) are shown beside them (``attn_macs``), on the fused path as on the explicit one. The stages are the
+model's top-level children, with a top-level ``nn.Sequential`` of composite parts opened one level, or the groups
+a model names itself (``info_groups()``: a ResNet's stem, layer1 ... layerN and head; a ViT's embed, blocks.i
+and head).
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from visionattn.complexity import check_shape, count_params, format_table
+from visionattn.complexity import MacCounter, check_shape, count_params, format_table
 from visionattn.errors import check_positive
 from visionattn.registry import create_model, get_model_entry
 
@@ -27,12 +28,14 @@ InputSize = tuple[int, int, int]
 
 @dataclass
 class ModelInfo:
-    """Totals and per-stage rows (``name``, ``output``, ``params``, ``macs``) for one input size."""
+    """Totals and per-stage rows (``name``, ``output``, ``params``, ``macs``, ``attn_macs``) for one input size;
+    ``attn_macs`` is the part of ``macs`` that attention's products make."""
 
     input_size: InputSize
     params: int
     macs: int
     rows: list[dict[str, Any]] = field(default_factory=list)
+    attn_macs: int = 0
 
 
 def _accepts(factory: Any, name: str) -> bool:
@@ -94,16 +97,18 @@ def model_info(model: nn.Module, input_size: InputSize) -> ModelInfo:
     arithmetic (the counts depend on shapes only).
     """
     stages = _stage_modules(model)
-    rows = [{"name": n, "output": "-", "params": sum(count_params(m) for m in ms), "macs": 0} for n, ms in stages]
-    counter = FlopCounterMode(display=False)
-    start: dict[int, int] = {}
+    rows = [{"name": n, "output": "-", "params": sum(count_params(m) for m in ms), "macs": 0, "attn_macs": 0}
+            for n, ms in stages]
+    counter = MacCounter(model)
+    start: dict[int, tuple[int, int]] = {}
 
     def pre_hook(i: int):
-        return lambda module, args: start.__setitem__(i, counter.get_total_flops())
+        return lambda module, args: start.__setitem__(i, (counter.total(), counter.attention()))
 
     def post_hook(i: int):
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            rows[i]["macs"] += (counter.get_total_flops() - start[i]) // 2
+            rows[i]["macs"] += counter.total() - start[i][0]
+            rows[i]["attn_macs"] += counter.attention() - start[i][1]
             if isinstance(out, torch.Tensor):
                 rows[i]["output"] = "x".join(str(s) for s in out.shape[1:])
         return hook
@@ -120,7 +125,7 @@ def model_info(model: nn.Module, input_size: InputSize) -> ModelInfo:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return ModelInfo(input_size, count_params(model), counter.get_total_flops() // 2, rows)
+    return ModelInfo(input_size, count_params(model), counter.total(), rows, counter.attention())
 
 
 def format_info(name: str, info: ModelInfo) -> str:
@@ -129,9 +134,10 @@ def format_info(name: str, info: ModelInfo) -> str:
     c, h, w = info.input_size
     head = [f"{name}: {entry.description}" + (f" ({entry.paper})" if entry.paper else ""),
             f"input 1x{c}x{h}x{w}: {info.params:,} parameters ({info.params / 1e6:.3f}M), "
-            f"{info.macs / 1e9:.3f} GMACs",
+            f"{info.macs / 1e9:.3f} GMACs, {info.attn_macs / 1e9:.3f} of them in attention (attn_macs)",
             ""]
-    table = format_table(info.rows, ["name", "output", "params", "macs"], human=("params", "macs"))
+    table = format_table(info.rows, ["name", "output", "params", "macs", "attn_macs"],
+                         human=("params", "macs", "attn_macs"))
     return "\n".join([*head, table])
 
 

@@ -15,6 +15,7 @@ from torch.func import functional_call
 __all__ = [
     "check_output_shape",
     "check_grads_reach_params",
+    "open_zero_scales",
     "check_finite",
     "check_batch_independence",
     "check_empty_batch",
@@ -42,8 +43,32 @@ def check_output_shape(module: nn.Module, x: torch.Tensor, expected: tuple[int, 
     return out
 
 
-def check_grads_reach_params(module: nn.Module, x: torch.Tensor) -> None:
-    """Backward from a random projection of the output gives every trainable parameter a finite, non-zero grad."""
+def open_zero_scales(module: nn.Module) -> list[str]:
+    """Set every normalisation layer's all-zero scale to 1, in place; returns their names.
+
+    A residual branch that starts at zero (the non-local block's BatchNorm, ResNet's ``zero_init_last``) passes
+    no gradient to the layers before that scale at initialisation, by design; opening it lets a check test the
+    wiring of those layers.
+    """
+    opened = []
+    with torch.no_grad():
+        for name, m in module.named_modules():
+            weight = getattr(m, "weight", None)
+            norm = isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
+            if norm and isinstance(weight, torch.Tensor) and weight.numel() and not weight.any():
+                weight.fill_(1.0)
+                opened.append(name)
+    return opened
+
+
+def check_grads_reach_params(module: nn.Module, x: torch.Tensor, open_zero_init: bool = True) -> None:
+    """Backward from a random projection of the output gives every trainable parameter a finite, non-zero grad.
+
+    With ``open_zero_init`` (default) an all-zero normalisation scale is first set to 1 (:func:`open_zero_scales`):
+    a branch initialised to zero is correct, and its gradient at step 0 is zero by design.
+    """
+    if open_zero_init:
+        open_zero_scales(module)
     module.train()
     module.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_(True)
@@ -219,7 +244,13 @@ def check_feature_api(model: nn.Module, x: torch.Tensor, atol: float = 1e-5) -> 
         want = (x.shape[0], f["num_chs"], -(-x.shape[2] // f["reduction"]), -(-x.shape[3] // f["reduction"]))
         if tuple(m.shape) != want:
             raise AssertionError(f"feature {f['module']}: shape {tuple(m.shape)} != {want} from feature_info {f}")
-    torch.testing.assert_close(maps[-1], features, atol=atol, rtol=1e-4)
+    if features.dim() == 4:  # a CNN: the last map is what forward_features returns
+        torch.testing.assert_close(maps[-1], features, atol=atol, rtol=1e-4)
+    else:  # tokens (a ViT): the maps are the model's intermediates, whose final tokens are forward_features'
+        final, inter = model.forward_intermediates(x, list(range(len(info))))
+        torch.testing.assert_close(final, features, atol=atol, rtol=1e-4)
+        for m, i in zip(maps, inter):
+            torch.testing.assert_close(m, i, atol=atol, rtol=1e-4)
     cfg = getattr(model, "pretrained_cfg", None)
     if cfg is None or tuple(cfg.input_size) != tuple(model.input_size):
         raise AssertionError(f"pretrained_cfg {cfg} does not name the input size {model.input_size}")

@@ -89,3 +89,39 @@ def test_a_wrong_channel_count_is_a_clear_error():
     net = visionattn.create_model("resnet20", features_only=True)
     with pytest.raises(UsageError, match="expects images"):
         net(torch.randn(1, 3, 28, 28))
+
+
+def test_vit_feature_info_lists_the_blocks_at_the_patch_stride():
+    model = _meta("vit_small_patch16_224")
+    assert [f["module"] for f in model.feature_info] == [f"blocks.{i}" for i in range(12)]
+    assert {(f["num_chs"], f["reduction"]) for f in model.feature_info} == {(384, 16)}
+
+
+def test_vit_features_only_gives_the_blocks_patch_tokens_as_maps():
+    torch.manual_seed(0)
+    model = visionattn.create_model("vit_patch4_28", depth=4).eval()
+    net = FeatureNet(model, out_indices=(1, -1))
+    assert net.channels() == [64, 64] and net.reductions() == [4, 4]
+    # the model's own names, cut after the last block asked for (no norm, no head)
+    keys = list(net.state_dict())
+    assert keys == [k for k in model.state_dict() if not k.startswith(("blocks.4.", "norm.", "head."))]
+    assert not hasattr(net, "head") and len(net.blocks) == 4
+    x = torch.randn(2, 1, 30, 30)  # padded to 32: an 8x8 grid
+    with torch.no_grad():
+        maps = net(x)
+        z = model.embed(x)
+        outs = [z := block(z) for block in model.blocks]
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 8, 8)] * 2
+    for m, tokens in zip(maps, (outs[1], outs[3])):
+        torch.testing.assert_close(m, tokens[:, 1:].transpose(1, 2).reshape(2, 64, 8, 8))
+    with torch.no_grad():  # the network itself is unchanged
+        assert model(x).shape == (2, 10) and len(model.blocks) == 4
+
+
+def test_vit_features_only_from_create_model_loads_the_same_weights():
+    torch.manual_seed(0)
+    full = visionattn.create_model("vit_patch4_28", depth=3)
+    net = visionattn.create_model("vit_patch4_28", depth=3, features_only=True, out_indices=(0,))
+    net.load_state_dict({k: v for k, v in full.state_dict().items() if k in net.state_dict()}, strict=True)
+    assert list(net.state_dict()) == ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                                      *[k for k in full.state_dict() if k.startswith("blocks.0.")]]

@@ -7,7 +7,9 @@ import re
 import pytest
 
 from visionattn.cli import main
+from visionattn.complexity import _human
 from visionattn.info import build_for_input, model_info
+from visionattn.layers.attention_core import Attention
 
 
 def _run(capsys, *argv: str) -> str:
@@ -48,3 +50,38 @@ def test_info_rejects_a_bad_input(capsys, argv, match):
     assert main(["info", *argv]) == 2  # one line on stderr, no traceback
     err = capsys.readouterr().err
     assert re.search(match, err) and "Traceback" not in err
+
+
+def _vit_attention_macs(model) -> tuple[int, int]:
+    """Q K^T and A V of one block of a built ViT, by hand from its shape, and the number of blocks."""
+    tokens = model.grid[0] * model.grid[1] + model.num_prefix_tokens
+    attn = model.blocks[0].attn
+    return attn.heads * tokens * tokens * 2 * attn.dim_head, len(model.blocks)
+
+
+def test_info_shows_attention_macs_beside_the_total(capsys):
+    per_block, depth = _vit_attention_macs(build_for_input("vit_patch4_28")[0])
+    out = _run(capsys, "vit_patch4_28")
+    macs, attn = map(float, re.search(r"([\d.]+) GMACs, ([\d.]+) of them in attention", out).groups())
+    assert attn == pytest.approx(depth * per_block / 1e9, abs=5e-4) and 0 < attn < macs
+    assert re.search(r"\| name\s+\| output\s+\| params\s+\| macs\s+\| attn_macs\s+\|", out)
+    assert re.search(rf"\| blocks\.0\s+\|[^|]+\|[^|]+\|[^|]+\| {re.escape(_human(per_block))}\s+\|", out)
+
+
+def test_vit_rows_split_the_attention_macs_by_block():
+    model, size = build_for_input("vit_patch4_28")
+    per_block, depth = _vit_attention_macs(model)
+    info = model_info(model, size)
+    assert [r["name"] for r in info.rows] == ["embed", *(f"blocks.{i}" for i in range(depth)), "head"]
+    assert [r["attn_macs"] for r in info.rows] == [0, *[per_block] * depth, 0]
+    assert info.attn_macs == depth * per_block and sum(r["macs"] for r in info.rows) == info.macs
+    for m in model.modules():  # the explicit path counts the same, stage by stage
+        if isinstance(m, Attention):
+            m.impl = "explicit"
+    assert model_info(model, size) == info
+
+
+def test_a_cnn_has_no_attention_macs():
+    model, size = build_for_input("resnet20")
+    info = model_info(model, size)
+    assert info.attn_macs == 0 and all(r["attn_macs"] == 0 for r in info.rows) and info.macs > 0

@@ -46,6 +46,8 @@ def test_the_record_covers_the_models_of_the_old_code():
     # the library's own models only: tests register tiny models of their own in the same process
     ours = {n for n in visionattn.list_models()
             if get_model_entry(n).factory.__module__.startswith("visionattn.")}
+    # the transformers, BoTNets and non-local ResNets came later still, with names of their own (issue 14)
+    ours = {n for n in ours if not n.startswith(("vit_", "botnet", "nonlocal_"))}
     assert set(_record()) == ours - new_since
 
 

@@ -3,12 +3,15 @@
 from visionattn.layers.attention_core import Attention, AttentionRecorder, attention
 from visionattn.layers.attention_stem import AttentionStem2d, PositionMixture
 from visionattn.layers.bam import BamChannelAttention, BamSpatialAttention, BottleneckAttention
+from visionattn.layers.bot_attention import BoTSelfAttention2d
 from visionattn.layers.cbam import CbamChannelAttention, CbamSpatialAttention, ConvBlockAttention
 from visionattn.layers.cond_conv import CondConv2d, ExpertConv2d
 from visionattn.layers.dynamic_conv import DynamicConv2d, TemperatureSchedule, set_temperature
 from visionattn.layers.eca import EfficientChannelAttention, eca_kernel_size
 from visionattn.layers.gather_excite import GatherExcite
 from visionattn.layers.local_attention import LocalSelfAttention2d, RelativeEmbedding2d
+from visionattn.layers.non_local import NonLocal2d
+from visionattn.layers.relative_position import RelativePositionLogits2d
 from visionattn.layers.selective_kernel import SelectiveKernel
 from visionattn.layers.self_attention import MultiHeadSelfAttention, SelfAttention2d
 from visionattn.layers.split_attention import SplitAttention, SplitAttention0
@@ -38,6 +41,7 @@ __all__ = [
     "TemperatureSchedule",
     "set_temperature",
     "LocalSelfAttention2d",
+    "NonLocal2d",
     "RelativeEmbedding2d",
     "AttentionStem2d",
     "PositionMixture",
@@ -47,4 +51,6 @@ __all__ = [
     "MultiHeadSelfAttention",
     "SelfAttention2d",
     "TransformerBlock",
+    "BoTSelfAttention2d",
+    "RelativePositionLogits2d",
 ]

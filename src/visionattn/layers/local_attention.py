@@ -6,8 +6,10 @@ channels, and a 2D relative embedding enters the logits on the key side,
 
     y_ij = sum_{(a, b) in N_k(i, j)} softmax_ab( q_ij . (k_ab + r_{a-i, b-j}) ) v_ab,
 
-with r_{a-i, b-j} the concatenation of a row-offset and a column-offset embedding of d_out / 2 each. A stride
-> 1 is attention at full resolution followed by 2x2 average pooling, as in the paper.
+with r_{a-i, b-j} the concatenation of a row-offset and a column-offset embedding of d_out / 2 each
+(:class:`~visionattn.layers.relative_position.RelativeEmbedding2d`, where the library's 2D relative positions
+live; it stays importable from here). A stride > 1 is attention at full resolution followed by 2x2 average
+pooling, as in the paper.
 
 The computation runs in a fused C++ kernel on the CPU (:mod:`visionattn.kernels.local_attention`) and in
 compiled FlexAttention on CUDA (:mod:`visionattn.kernels.flex_local_attention`); the pure-PyTorch reference
@@ -20,14 +22,14 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_positive
 from visionattn.kernels.flex_local_attention import flex_available, flex_local_attention
 from visionattn.kernels.local_attention import fused_local_attention, kernel_available
 from visionattn.layers.helpers import check_feature_map, check_odd, check_positive_int
-from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size, relative_table
+from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size
+from visionattn.layers.relative_position import RelativeEmbedding2d, relative_table
 from visionattn.registry import register_attn
 
 __all__ = ["IMPLS", "local_attention", "LocalSelfAttention2d", "RelativeEmbedding2d", "attention_scale",
@@ -47,7 +49,7 @@ def local_attention(qkv: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.T
         qkv: the q, k and v projections concatenated along the channels, each ``heads * d`` wide.
         rel_rows, rel_cols: (heads, T, d) relative embeddings of the row and of the column offset; the window
             slot at offset (u, v) has ``r = rel_rows[:, u] + rel_cols[:, v]`` (T = k, or 2k - 1 for
-            ``border="clamp"``; see :class:`RelativeEmbedding2d`).
+            ``border="clamp"``; see :class:`~visionattn.layers.relative_position.RelativeEmbedding2d`).
         heads: number of heads.
         kernel_size: window size k (odd).
         border: ``"mask"``, ``"zero"`` or ``"clamp"`` (see :mod:`visionattn.layers.local_attention_ref`).
@@ -116,41 +118,6 @@ def _project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         weight = conv.weight.flatten(1)
         return torch.bmm(weight.expand(x.shape[0], -1, -1), x.flatten(2)).unflatten(2, x.shape[2:])
     return conv(x)
-
-
-class RelativeEmbedding2d(nn.Module):
-    """The 2D relative embedding r_{a-i, b-j} of SASA: a row-offset and a column-offset table of d_out / 2
-    channels each, concatenated, then split into heads like the keys they are added to.
-
-    The concatenation [row_u, col_v] equals [row_u, 0] + [0, col_v]: ``forward`` returns these two zero-filled
-    tables split into heads, which is what the kernels take (the k^2 window slots then share 2k relative dot
-    products per pixel); :meth:`table` gives the whole (heads, T, T, d) table.
-
-    Args:
-        channels: d_out, even.
-        heads: number of heads; ``channels`` must divide into them.
-        size: offsets per axis (k, or 2k - 1 when the window is clamped at the border).
-
-    Shape:
-        - Output: rel_rows, rel_cols (heads, size, channels / heads)
-    """
-
-    def __init__(self, channels: int, heads: int, size: int) -> None:
-        super().__init__()
-        if channels % 2:
-            raise UsageError(f"out_channels must be even (half row, half column embedding), got {channels}")
-        self.heads = heads
-        self.rows = nn.Parameter(torch.randn(size, channels // 2))
-        self.cols = nn.Parameter(torch.randn(size, channels // 2))
-
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.cat([self.rows, torch.zeros_like(self.cols)], -1)  # (T, d_out): row half, then zeros
-        cols = torch.cat([torch.zeros_like(self.rows), self.cols], -1)
-        return tuple(rearrange(t, "t (h d) -> h t d", h=self.heads).contiguous() for t in (rows, cols))
-
-    def table(self) -> torch.Tensor:
-        """r for every offset pair: (heads, size, size, channels / heads)."""
-        return relative_table(*self())
 
 
 @register_attn("sasa", paper=_PAPER, family="self-attention", conv_like=True, min_channels=8,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from visionattn.errors import check_choice
+from visionattn.layers.relative_position import relative_table
 
 __all__ = ["BORDERS", "rel_table_size", "relative_table", "window_index", "local_attention_reference",
            "local_attention_unfold"]
@@ -35,18 +36,6 @@ BORDERS = ("mask", "zero", "clamp")
 def rel_table_size(kernel_size: int, border: str) -> int:
     """Entries per axis of the relative table: k, or 2k - 1 for ``"clamp"`` (offsets up to +-(k - 1))."""
     return 2 * kernel_size - 1 if border == "clamp" else kernel_size
-
-
-def relative_table(rel_rows: torch.Tensor, rel_cols: torch.Tensor) -> torch.Tensor:
-    """The (heads, T, T, d) table of relative embeddings r_{u, v} = rel_rows[u] + rel_cols[v]. SASA's
-    concatenation of a row-offset and a column-offset embedding is this sum, each table zero outside its half
-    of the channels (:class:`visionattn.layers.local_attention.RelativeEmbedding2d`).
-
-    Shape:
-        - Input: rel_rows, rel_cols (heads, T, d)
-        - Output: (heads, T, T, d)
-    """
-    return rel_rows[:, :, None, :] + rel_cols[:, None, :, :]
 
 
 def _axis_index(size: int, kernel_size: int, border: str) -> tuple[torch.Tensor, ...]:

@@ -105,7 +105,7 @@ class SelfAttention2d(nn.Module):
 
     The q, k, v projections and W are 1x1 convolutions (equal to :class:`MultiHeadSelfAttention` on the
     flattened pixels); the output has the input's channels, so the layer drops into a residual branch. It
-    accepts any H, W (no position information unless ``rel_pos`` is given: a module returning the (heads,
+    accepts any H, W (no position information unless ``rel_pos`` is given: a module returning the (B, heads,
     HW, HW) logits term for an (H, W) map, e.g.
     :class:`~visionattn.layers.relative_position.RelativePositionLogits2d`).
 

@@ -27,10 +27,11 @@ from visionattn.layers.helpers import ConvNormAct, check_positive_int
 from visionattn.models.plug import AttnPlug, conv2d
 
 __all__ = ["BasicBlock", "Bottleneck", "GlobalAvgPool", "make_stem", "make_shortcut", "downsampled", "BLOCKS",
-           "LAYOUTS"]
+           "LAYOUTS", "STEM_TYPES"]
 
 Size = tuple[int, int]
 LAYOUTS = ("flat", "units")
+STEM_TYPES = ("basic", "deep", "tiered")
 
 
 def downsampled(size: Size | None, stride: int) -> Size | None:
@@ -48,17 +49,23 @@ def make_stem(in_chans: int, stem_type: str = "basic", stem_width: int = 64,
     - ``"basic"``: one 7x7 stride-2 convolution (ResNet).
     - ``"deep"``: three 3x3 convolutions (stride 2, 1, 1) of widths w, w, 2w with BN + ReLU between them, as
       one ``nn.Sequential`` (indices 0-6, the layout of timm's ResNet-D and ResNeSt checkpoints).
+    - ``"tiered"``: the same with widths 3w/4, w, 2w (timm's ``stem_type="tiered"``: 24, 32, 64 for w = 32, the
+      stem of ``botnet26t_256``).
     - ``small_input=True``: the same at stride 1 with a 3x3 kernel, for 28x28 and 32x32 images (CIFAR-style).
     """
     check_positive_int("in_chans", in_chans)
     check_positive_int("stem_width", stem_width)
-    check_choice("stem_type", stem_type, ("basic", "deep"))
+    check_choice("stem_type", stem_type, STEM_TYPES)
     stride = 1 if small_input else 2
     if stem_type == "basic":
         return conv2d(in_chans, stem_width, 3 if small_input else 7, stride), stem_width, stride
     w = stem_width
-    convs = nn.Sequential(conv2d(in_chans, w, 3, stride), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                          conv2d(w, w, 3), nn.BatchNorm2d(w), nn.ReLU(inplace=True), conv2d(w, 2 * w, 3))
+    first = 3 * w // 4 if stem_type == "tiered" else w
+    if first == 0:
+        raise UsageError(f"stem_width: the tiered stem's first convolution has 3 * stem_width / 4 channels, none "
+                         f"for stem_width={w}; needs at least 2")
+    convs = nn.Sequential(conv2d(in_chans, first, 3, stride), nn.BatchNorm2d(first), nn.ReLU(inplace=True),
+                          conv2d(first, w, 3), nn.BatchNorm2d(w), nn.ReLU(inplace=True), conv2d(w, 2 * w, 3))
     return convs, 2 * w, stride
 
 
@@ -101,13 +108,20 @@ class _Residual(nn.Module):
         self.layout = plug.layout
         self._path: list[str] = []
         self._units = 0
+        self._size: Size | None = None  # the (H, W) the next convolution sees, while the block is built
+
+    def _start(self, in_size: Size | None, feat_size: Size | None, stride: int) -> None:
+        """Track the map size through the branch from the block's input size (the output size when the block
+        keeps the resolution and no input size is given), for layers in place of a convolution that need it."""
+        self._size = in_size if in_size is not None else (feat_size if stride == 1 else None)
 
     def _add_conv(self, plug: AttnPlug, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
                   groups: int = 1, act: bool = True) -> None:
         """Convolution number i (1, 2, ...) with its BN and (unless it is the last) its ReLU."""
         self._units += 1
         i = self._units
-        conv, own_norm = plug.conv(in_chs, out_chs, kernel_size, stride, groups, act)
+        conv, own_norm = plug.conv(in_chs, out_chs, kernel_size, stride, groups, act, in_size=self._size)
+        self._size = downsampled(self._size, stride)
         if self.layout == "units":
             unit = conv if own_norm else ConvNormAct(conv, out_chs, "relu" if act else None)
             setattr(self, f"conv{i}", unit)
@@ -162,6 +176,8 @@ class BasicBlock(_Residual):
         feat_size: the block's output (H, W), for layers that need it (GE-theta, global extent).
         avg_down: ResNet-D shortcut.
         avd, stride_in_1x1: accepted for a common signature; must be False (bottleneck options).
+        in_size: the block's input (H, W), for a layer in place of a convolution that needs its input's size
+            (BoTNet's MHSA); None: ``feat_size`` when ``stride`` is 1.
 
     Shape:
         - Input: (B, in_chs, H, W)
@@ -172,13 +188,14 @@ class BasicBlock(_Residual):
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64,
                  plug: AttnPlug | None = None, feat_size: Size | None = None, avg_down: bool = False,
-                 avd: bool = False, stride_in_1x1: bool = False) -> None:
+                 avd: bool = False, stride_in_1x1: bool = False, in_size: Size | None = None) -> None:
         if groups != 1 or base_width != 64 or avd or stride_in_1x1:
             raise UsageError(f"BasicBlock supports groups=1, base_width=64, avd=False, stride_in_1x1=False only, "
                              f"got groups={groups}, base_width={base_width}, avd={avd}, "
                              f"stride_in_1x1={stride_in_1x1}; use the bottleneck block")
         plug = plug or AttnPlug()
         super().__init__(plug)
+        self._start(in_size, feat_size, stride)
         self._add_conv(plug, in_chs, planes, 3, stride)
         self._add_conv(plug, planes, planes, 3, act=False)
         self._finish(in_chs, planes, stride, plug, feat_size, avg_down)
@@ -204,6 +221,9 @@ class Bottleneck(_Residual):
         avg_down: ResNet-D shortcut.
         avd: ResNeSt's average-pool downsampling after the 3x3.
         stride_in_1x1: put the stride on the first 1x1 convolution (ResNet v1).
+        in_size: the block's input (H, W), for a layer in place of a convolution that needs its input's size
+            (BoTNet's MHSA attends at the input resolution of a strided block, then pools); None:
+            ``feat_size`` when ``stride`` is 1.
 
     Shape:
         - Input: (B, in_chs, H, W)
@@ -214,7 +234,7 @@ class Bottleneck(_Residual):
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64,
                  plug: AttnPlug | None = None, feat_size: Size | None = None, avg_down: bool = False,
-                 avd: bool = False, stride_in_1x1: bool = False) -> None:
+                 avd: bool = False, stride_in_1x1: bool = False, in_size: Size | None = None) -> None:
         check_positive_int("groups", groups)
         if avd and stride_in_1x1:
             raise UsageError("avd and stride_in_1x1 both place the block's stride; choose one")
@@ -228,10 +248,12 @@ class Bottleneck(_Residual):
         out_chs = planes * self.expansion
         pool_after = avd and stride > 1
         mid_stride = 1 if pool_after or stride_in_1x1 else stride
+        self._start(in_size, feat_size, stride)
         self._add_conv(plug, in_chs, width, 1, stride if stride_in_1x1 else 1)
         self._add_conv(plug, width, width, 3, mid_stride, groups)
         if pool_after:
             self._add_module_to_path("avd", nn.AvgPool2d(3, stride, padding=1))
+            self._size = downsampled(self._size, stride)
         self._add_conv(plug, width, out_chs, 1, act=False)
         self._finish(in_chs, out_chs, stride, plug, feat_size, avg_down)
 

@@ -102,7 +102,9 @@ class AttnPlug:
             ECA-ResNet-50's ``[{"kernel_size": 3}, {"kernel_size": 5}, {"kernel_size": 5}, {"kernel_size": 7}]``);
             empty for the same keywords everywhere. :meth:`for_stage` gives a stage's plug.
         stages: the stage numbers (1 = ``layer1``) that get the layer; None for all.
-        every: only every ``every``-th block of those stages gets it (:meth:`for_block`).
+        every: only every ``every``-th block of those stages gets it (:meth:`for_block`); or one such number
+            per entry of ``stages`` (timm's ``botnet26t_256``: ``stages=(3, 4), every=(2, 1)``, the second block
+            of stage 3 and every block of stage 4).
     """
 
     name: str | None = None
@@ -110,7 +112,7 @@ class AttnPlug:
     where: str | None = None
     stage_kwargs: Sequence[Mapping[str, Any]] = ()
     stages: Sequence[int] | None = None
-    every: int = 1
+    every: int | Sequence[int] = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.kwargs, Mapping):
@@ -118,13 +120,12 @@ class AttnPlug:
         if isinstance(self.stage_kwargs, (str, Mapping)) or not isinstance(self.stage_kwargs, Sequence) or not all(
                 isinstance(k, Mapping) for k in self.stage_kwargs):
             raise UsageError(f"attn_stage_kwargs must be a list of mappings, one per stage, got {self.stage_kwargs!r}")
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
-            raise UsageError(f"attn_every must be a whole number >= 1 (every n-th block), got {self.every!r}")
         if self.stages is not None:
             if isinstance(self.stages, (str, Mapping)) or not isinstance(self.stages, Sequence) or not all(
                     isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in self.stages):
                 raise UsageError(f"attn_stages must be a list of stage numbers (1 = layer1), got {self.stages!r}")
             object.__setattr__(self, "stages", tuple(self.stages))
+        self._check_every()
         if self.name is None:
             if self.kwargs or self.where is not None or self.stage_kwargs or self.stages is not None or \
                     self.every != 1:
@@ -144,6 +145,22 @@ class AttnPlug:
         for stage in self.stage_kwargs:
             _check_layer_kwargs(self.name, stage, "attn_stage_kwargs", reserved)
 
+    def _check_every(self) -> None:
+        """``every``: a whole number >= 1, or a list of them with one entry per stage of ``stages``."""
+        def whole(n: object) -> bool:
+            return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+        if whole(self.every):
+            return
+        if isinstance(self.every, (str, Mapping)) or not isinstance(self.every, Sequence) or not all(
+                whole(n) for n in self.every):
+            raise UsageError(f"attn_every must be a whole number >= 1 (every n-th block), or one per stage of "
+                             f"attn_stages, got {self.every!r}")
+        if self.stages is None or len(self.every) != len(self.stages):
+            raise UsageError(f"attn_every: a list needs one entry per stage of attn_stages, got attn_every="
+                             f"{list(self.every)!r}, attn_stages={self.stages!r}")
+        object.__setattr__(self, "every", tuple(self.every))
+
     def for_stage(self, index: int, num_stages: int) -> AttnPlug:
         """The plug for stage ``index`` (0-based) of ``num_stages``: ``kwargs`` updated by that stage's
         ``stage_kwargs``; a plain plug for a stage not in ``stages``."""
@@ -154,6 +171,9 @@ class AttnPlug:
                                  f"stages (layer1 ... layer{num_stages})")
             if index + 1 not in self.stages:
                 return AttnPlug()
+            if not isinstance(self.every, int):
+                return dataclasses.replace(self, every=self.every[self.stages.index(index + 1)]).for_stage(
+                    index, num_stages)
         if not self.stage_kwargs:
             return dataclasses.replace(self, stages=None) if self.stages is not None else self
         if len(self.stage_kwargs) != num_stages:
@@ -205,10 +225,14 @@ class AttnPlug:
         for SK, ``"flat"`` (``conv1``, ``bn1``: torchvision's and timm's ResNet layout) for everything else."""
         return "units" if self.name in _UNIT_LAYOUT else "flat"
 
-    def conv(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1,
-             groups: int = 1, act: bool = True) -> tuple[nn.Module, bool]:
+    def conv(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
+             act: bool = True, in_size: tuple[int, int] | None = None) -> tuple[nn.Module, bool]:
         """The convolution of a block, or the plug's layer in its place if it replaces this one; and whether
         that module brings its own BN and ReLU (SK, SplAt), so that the block adds none after it.
+
+        ``in_size`` is the (H, W) of the convolution's input: a layer that needs the feature-map size
+        (``needs_spatial_size``, BoTNet's MHSA) gets it as ``spatial_size``, so a strided replacement is built
+        for the resolution it attends at, before its pooling.
 
         Shape:
             - Input: (B, in_chs, H, W)
@@ -220,7 +244,7 @@ class AttnPlug:
         if "kernel_size" in self.kwargs and "kernel_size" in extra:
             raise UsageError(f"attn_kwargs: 'kernel_size' is set by the network for every {self.name!r} layer "
                              f"(the kernel of the convolution it replaces); leave it out")
-        layer = self._build(in_chs, None, **extra)
+        layer = self._build(in_chs, in_size, **extra)
         return layer, self.name in _OWN_NORM_ACT
 
     def replacement_kwargs(self, out_chs: int, kernel_size: int, stride: int, groups: int) -> dict[str, Any]:

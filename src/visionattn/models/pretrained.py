@@ -11,12 +11,15 @@ What loading does, in order (:func:`load_pretrained`):
    that ``DistributedDataParallel`` (``module.``) and ``torch.compile`` (``_orig_mod.``) add. A state dict in
    this project's layout before the ecosystem names (keys ``stem.``, ``stages.``, ``head.``) is converted
    (:mod:`visionattn.models.legacy`).
-2. Adapt the first convolution to the model's input channels, timm's rule: for 1 channel its RGB filters are
+2. Let the model fit the file to itself where it knows how: a model with a method
+   ``adapt_pretrained_state(state) -> (state, notes)`` gets the tensors and returns them changed, with a sentence
+   for the report per change (a ViT resamples the file's position embeddings to its own grid of patches).
+3. Adapt the first convolution to the model's input channels, timm's rule: for 1 channel its RGB filters are
    summed (the network then sees a grey image as it saw (x, x, x)); for C > 3 the filters are repeated and
    scaled by 3 / C.
-3. Leave out the classifier when its shape differs from the model's (another class count, or none): the model
+4. Leave out the classifier when its shape differs from the model's (another class count, or none): the model
    keeps its freshly initialised ``fc`` (:meth:`~visionattn.models.resnet.ResNet.reset_classifier`).
-4. Check the fit: every file tensor must have a place of the same shape in the model. The only model tensors
+5. Check the fit: every file tensor must have a place of the same shape in the model. The only model tensors
    allowed to be absent from the file are those of attention layers the file has no trace of (a timm ResNet-50
    into ``cbam_resnet50``: the CBAM layers start from their initialisation; the report lists them), and
    ``num_batches_tracked``. Anything else is an architecture mismatch: a :class:`CheckpointError` naming the
@@ -119,6 +122,7 @@ class LoadReport:
         classifier_reset: the file's classifier did not fit (class count) and the model keeps its new one.
         adapted_in_chans: (file channels, model channels) when the first convolution was adapted.
         converted: the file was in this project's old layout and was converted.
+        model_notes: what the model's own ``adapt_pretrained_state`` changed (e.g. resampled position embeddings).
         metadata: the file's own metadata (safetensors), e.g. our trainer's model name.
     """
 
@@ -128,6 +132,7 @@ class LoadReport:
     classifier_reset: bool = False
     adapted_in_chans: tuple[int, int] | None = None
     converted: bool = False
+    model_notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
 
     def notes(self) -> list[str]:
@@ -138,6 +143,7 @@ class LoadReport:
             src, dst = self.adapted_in_chans
             how = "summed over its RGB filters" if dst == 1 else f"repeated and scaled by 3/{dst}"
             out.append(f"first convolution adapted from {src} to {dst} input channels ({how})")
+        out.extend(self.model_notes)
         if self.classifier_reset:
             out.append("classifier replaced: the file's has another class count; the new one starts from scratch")
         if self.new_layers:
@@ -249,6 +255,10 @@ def _prepare(model: nn.Module, path: str | os.PathLike, allow_new_layers: bool,
     target = model.state_dict()
     if is_legacy_state_dict(state.keys()):
         state, report.converted = convert_legacy_state_dict(state, expected=target), True
+    adapt = getattr(model, "adapt_pretrained_state", None)
+    if callable(adapt):  # a model's own fitting of a file, e.g. a ViT resampling the file's position embeddings
+        state, notes = adapt(state)
+        report.model_notes.extend(notes)
     cfg = _cfg(model)
     first = f"{cfg.first_conv}.weight" if cfg is not None and cfg.first_conv else None
     if first in state and first in target and state[first].dim() == 4 and target[first].dim() == 4:

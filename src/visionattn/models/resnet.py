@@ -54,8 +54,10 @@ class ResNet(nn.Module):
             with the global extent) depend on it; other networks accept any size.
         groups: cardinality of the 3x3 convolutions (ResNeXt: 32).
         base_width: channels per group at planes = 64 (ResNet: 64, ResNeXt 32x4d: 4).
-        stem_type: ``"basic"`` (7x7) or ``"deep"`` (three 3x3, ResNet-D / ResNeSt).
-        stem_width: width of the first stem conv (deep stem: the stem outputs twice this).
+        stem_type: ``"basic"`` (7x7), ``"deep"`` (three 3x3, ResNet-D / ResNeSt) or ``"tiered"`` (three 3x3 of
+            widths 3w/4, w, 2w, timm's tiered stem of ``botnet26t_256``).
+        stem_width: width of the first stem conv (deep stem: the stem outputs twice this; tiered: the middle
+            conv's width, the stem outputs twice this).
         small_input: the small-image stem (3x3 stride 1, no max pool) for 28x28 and 32x32 inputs.
         avg_down: ResNet-D shortcut (average pool, then 1x1 conv at stride 1).
         avd: ResNeSt's average-pool downsampling after the 3x3 of strided blocks (bottleneck only).
@@ -66,7 +68,8 @@ class ResNet(nn.Module):
             ``kernel_size`` of the official checkpoints (``eca_resnet50_k3557``); None for the same everywhere.
         attn_where: ``"block"``, ``"stage"``, ``"after"`` or ``"conv"`` to override the paper's placement.
         attn_stages: the stages (1 = ``layer1``) that get ``attn``; None for all (BoTNet: ``(4,)``).
-        attn_every: only every n-th block of those stages gets it (non-local ResNet-50: 2).
+        attn_every: only every n-th block of those stages gets it (non-local ResNet-50: 2); or one n per
+            entry of ``attn_stages`` (``botnet26t_256``: ``(2, 1)``).
         drop_rate: dropout before the classifier.
         zero_init_last: start each residual branch's last BN at zero (the block starts as the identity).
 
@@ -93,7 +96,7 @@ class ResNet(nn.Module):
                  attn_kwargs: Mapping[str, Any] | None = None, attn_where: str | None = None,
                  drop_rate: float = 0.0, zero_init_last: bool = False,
                  attn_stage_kwargs: Sequence[Mapping[str, Any]] | None = None,
-                 attn_stages: Sequence[int] | None = None, attn_every: int = 1) -> None:
+                 attn_stages: Sequence[int] | None = None, attn_every: int | Sequence[int] = 1) -> None:
         super().__init__()
         check_choice("block", block, sorted(BLOCKS))
         for name, values in (("layers", layers), ("widths", widths)):
@@ -138,7 +141,7 @@ class ResNet(nn.Module):
         self.pretrained_cfg = PretrainedCfg(
             input_size=self.input_size, mean=FASHION_MNIST_MEAN if small_input else IMAGENET_MEAN,
             std=FASHION_MNIST_STD if small_input else IMAGENET_STD, crop_pct=1.0 if small_input else 0.875,
-            num_classes=num_classes, first_conv="conv1.0" if stem_type == "deep" else "conv1")
+            num_classes=num_classes, first_conv="conv1" if stem_type == "basic" else "conv1.0")
         self.init_weights()
 
     @torch.no_grad()
@@ -175,12 +178,14 @@ class ResNet(nn.Module):
         in_chs, reduction = self.feature_info[0]["num_chs"], self.stem_reduction
         for i, (depth, planes) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2
+            in_size = feat
             feat, reduction = downsampled(feat, stride), reduction * stride
             stage_plug = plug.for_stage(i, len(layers))
             kwargs = {**block_kwargs, "plug": stage_plug}
             blocks: OrderedDict[str, nn.Module] = OrderedDict()
             for j in range(depth):
                 blocks[str(j)] = block(in_chs, planes, stride if j == 0 else 1, feat_size=feat,
+                                       in_size=in_size if j == 0 else feat,
                                        **{**kwargs, "plug": stage_plug.for_block(j)})
                 in_chs = blocks[str(j)].out_channels
             if i < len(layers) - 1 and plug.where == "stage":
