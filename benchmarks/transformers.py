@@ -20,7 +20,7 @@ is left out, and says so. Nothing in the package imports timm::
 
     PYTHONPATH=../shared/tools/timm_side_by_side/torchvision_stub ~/timm-venv/bin/python \\
         benchmarks/transformers.py [--models ...] [--timm vit_small_patch16_224] [--iters 5] [--repeats 3] \\
-        [--threads 2] [--markdown out.md]
+        [--timm-iters 3] [--threads 2] [--markdown out.md]
 """
 
 from __future__ import annotations
@@ -92,10 +92,17 @@ def timm_rows(timm, name: str, args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(0)
     ours, theirs = create_model(name), timm.create_model(name, pretrained=False)
     row: dict[str, object] = {"model": name, **timm_parity.check_parity(ours, theirs)}
-    args.batch, args.img_size = CONFIGS[name][0], CONFIGS[name][1][1]
-    for mode, runs in timm_parity.measure(ours, theirs, args).items():
-        row[mode] = timm_parity.summarise(runs)
-        row[f"{mode}_runs"] = [t / o for o, t in runs]
+    one = argparse.Namespace(batch=CONFIGS[name][0], img_size=CONFIGS[name][1][1], repeats=1, iters=args.timm_iters)
+    runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+    for i in range(args.repeats):  # one run at a time, so that a long run shows its progress
+        for mode, (run,) in timm_parity.measure(ours, theirs, one).items():
+            runs[mode].append(run)
+        print(f"{name} beside timm, run {i + 1}: " + "  ".join(f"{m} {t / o:.3f}" for m, ((o, t), *_) in
+                                                             ((m, runs[m][-1:]) for m in MODES)),
+              file=sys.stderr, flush=True)
+    for mode in MODES:
+        row[mode] = timm_parity.summarise(runs[mode])
+        row[f"{mode}_runs"] = [t / o for o, t in runs[mode]]
     return row
 
 
@@ -119,7 +126,7 @@ def markdown_timm(rows: list[dict[str, object]], args: argparse.Namespace) -> st
                  f"({r[m]['ratio_min']:.2f}-{r[m]['ratio_max']:.2f})" for m in MODES]
         lines.append(f"| `{r['model']}` | {loads}, {diff:.1e} | " + " | ".join(cells) + " |")
     note = (f"cells: our / timm median ms per batch, **median over {args.repeats} runs of timm time / our time** "
-            f"(range); each run the median of {args.iters} interleaved calls; above 1.00 ours is faster")
+            f"(range); each run the median of {args.timm_iters} interleaved calls; above 1.00 ours is faster")
     return note + "\n\n" + "\n".join(lines)
 
 
@@ -132,12 +139,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="models timed beside timm's (default: ViT-S/16; none: skip)")
     parser.add_argument("--iters", type=int, default=5, help="timed calls per model and mode (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="side-by-side runs against timm (default 3)")
+    parser.add_argument("--timm-iters", type=int, default=3, help="timed calls per model and mode in each "
+                        "side-by-side run (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     args = parser.parse_args(argv)
-    for name in ("iters", "repeats", "threads"):
+    for name in ("iters", "repeats", "threads", "timm_iters"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
 
@@ -151,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models:
         rows += model_rows(name, args)
-        print(f"{name}: done ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        print(f"{name}: done ({time.perf_counter() - start:.0f} s)\n{markdown_models(rows[-len(MODES):])}",
+              file=sys.stderr, flush=True)
     shares = ", ".join(f"`{n}` {next(r['attn_share'] for r in rows if r['model'] == n):.1%}" for n in args.models)
     parts = [head, markdown_models(rows), f"attention's share of the inference multiply-adds: {shares}"]
     if args.timm:

@@ -43,7 +43,7 @@ def main() -> int:
     wall = time.perf_counter() - start
     rows = [json.loads(line) for line in (ROOT / run_dir / "metrics.jsonl").read_text().splitlines() if line]
     result = json.loads((ROOT / run_dir / "result.json").read_text())
-    config = json.loads((ROOT / run_dir / "config.json").read_text())
+    config = json.loads((ROOT / run_dir / "config.json").read_text())["config"]
     curve = ROOT / "docs" / "readme" / "vit_fashion_mnist_curve.png"
     if (ROOT / run_dir / "curves.png").exists():
         shutil.copyfile(ROOT / run_dir / "curves.png", curve)

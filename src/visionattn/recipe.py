@@ -278,7 +278,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
     parser.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME",
                         help=f"named starting settings, overridden by the options given: {', '.join(RECIPES)} "
                              "(vit: AdamW lr 1e-3, weight decay 0.05, 3 warm-up epochs, label smoothing 0.1, "
-                             "45 epochs; default: default, the SGD recipe above)")
+                             "45 epochs) (default default: the SGD recipe above)")
     if "--resume" not in exclude:
         parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                             help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration "
