@@ -24,10 +24,14 @@ from visionattn.models.zoo import NAMES, TIMM_NAMES
 from visionattn.registry import get_model_entry, list_models
 
 
-def _count(name: str, **kwargs) -> tuple[int, int]:
+def _info(name: str, **kwargs):
     with torch.device("meta"):
         model, size = build_for_input(name, **kwargs)
-    info = model_info(model, size)
+    return model_info(model, size), size
+
+
+def _count(name: str, **kwargs) -> tuple[int, int]:
+    info, _ = _info(name, **kwargs)
     return info.params, info.macs
 
 
@@ -62,6 +66,22 @@ def small_table() -> str:
     return "\n".join(lines)
 
 
+def attention_names() -> list[str]:
+    """The token-attention models: ViTs, hybrids, BoTNets and non-local ResNets."""
+    return [*list_models("vit"), *list_models("vit-hybrid"),
+            *(n for n in list_models() if n.startswith(("botnet", "nonlocal_")))]
+
+
+def attention_table() -> str:
+    """Parameters (exact), multiply-adds and attention's share of them, each model at its own input."""
+    lines = ["| model | input | params | GMACs | attention GMACs |", "|---|---|---:|---:|---:|"]
+    for name in attention_names():
+        info, size = _info(name)
+        lines.append(f"| `{name}` | {'x'.join(map(str, size))} | {info.params:,} | {info.macs / 1e9:.3f} | "
+                     f"{info.attn_macs / 1e9:.3f} |")
+    return "\n".join(lines)
+
+
 def sasa_table() -> str:
     """The SASA-ResNets' parameters by kind of module: what the paper's Table 1 counts may leave out."""
     kinds = {"conv": nn.Conv2d, "linear": nn.Linear, "batchnorm": nn.BatchNorm2d}
@@ -81,9 +101,14 @@ def sasa_table() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--which", choices=("imagenet", "small", "sasa", "both"), default="both",
-                        help="which table (default both: imagenet and small; sasa: parameters by module kind)")
+    parser.add_argument("--which", choices=("imagenet", "small", "sasa", "attention", "both"), default="both",
+                        help="which table (default both: imagenet and small; sasa: parameters by module kind; "
+                             "attention: the ViTs, hybrids, BoTNets and non-local ResNets)")
     args = parser.parse_args()
+    if args.which == "attention":
+        print("Token-attention models at their own input (1000 classes at 224/256, 10 at 28x28)\n")
+        print(attention_table())
+        return
     if args.which == "sasa":
         print("SASA-ResNets, 3x224x224 input, 1000 classes: parameters by kind of module\n")
         print(sasa_table())

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionattn.cli import positive_int
 from visionattn.errors import did_you_mean
 from visionattn.models.zoo import TIMM_NAMES
 
@@ -206,10 +207,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", help=f"our model names (default: all {len(TIMM_NAMES)} of TIMM_NAMES)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the timings (default 8)")
-    parser.add_argument("--img-size", type=int, default=224, help="input side of the timings (default 224)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of the whole measurement (default 3)")
-    parser.add_argument("--iters", type=int, default=3, help="timed calls per model, mode and run (default 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--img-size", type=positive_int, default=224, help="input side of the timings (default 224)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="runs of the whole measurement (default 3)")
+    parser.add_argument("--iters", type=positive_int, default=3, help="timed calls per model, mode and run (default 3)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--no-timing", action="store_true", help="only the strict loads and output differences")
     parser.add_argument("--csv", type=Path, help="also write every number (and each run's ratio) as CSV here")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown table here")
@@ -220,9 +221,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      f"{did_you_mean(unknown[0], TIMM_NAMES)}; choose from {', '.join(TIMM_NAMES)}")
     if args.batch < 2:
         parser.error(f"--batch must be >= 2 (a training BatchNorm over pooled maps needs 2 samples), got {args.batch}")
-    for name in ("img_size", "repeats", "iters", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
 

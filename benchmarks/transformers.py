@@ -39,6 +39,7 @@ import timm_parity  # noqa: E402  (the side-by-side instrument's functions: make
 
 from visionattn import create_model  # noqa: E402
 from visionattn.bench import median_ms  # noqa: E402
+from visionattn.cli import positive_int  # noqa: E402
 from visionattn.complexity import count_training_macs, mac_counts  # noqa: E402
 
 # name: (batch, input (C, H, W))
@@ -137,16 +138,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="models of the speed table (default: all three)")
     parser.add_argument("--timm", nargs="*", default=["vit_small_patch16_224"], choices=list(CONFIGS)[:2],
                         help="models timed beside timm's (default: ViT-S/16; none: skip)")
-    parser.add_argument("--iters", type=int, default=5, help="timed calls per model and mode (default 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="side-by-side runs against timm (default 3)")
-    parser.add_argument("--timm-iters", type=int, default=3, help="timed calls per model and mode in each "
+    parser.add_argument("--iters", type=positive_int, default=5, help="timed calls per model and mode (default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="side-by-side runs against timm (default 3)")
+    parser.add_argument("--timm-iters", type=positive_int, default=3, help="timed calls per model and mode in each "
                         "side-by-side run (default 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
     args = parser.parse_args(argv)
-    for name in ("iters", "repeats", "threads", "timm_iters"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
 
 

@@ -24,14 +24,13 @@ mask, so the output still comes from the fused path and recording costs nothing 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionattn.errors import UsageError, check_choice, check_range
+from visionattn.errors import UsageError, check_choice, check_range, did_you_mean
 from visionattn.layers.linear_attention import linear_attention, linear_attention_weights
 
 __all__ = ["IMPLS", "KERNELS", "attention", "attention_weights", "Attention", "AttentionRecorder", "causal_mask"]
@@ -206,8 +205,6 @@ class AttentionRecorder:
         if names is not None:
             unknown = [n for n in names if n not in steps]
             if unknown:
-                from visionattn.errors import did_you_mean
-
                 raise UsageError(f"names: {unknown[0]!r} is not an attention step of the model"
                                  f"{did_you_mean(unknown[0], list(steps))}; it has {', '.join(steps)}")
             steps = {n: steps[n] for n in names}
@@ -229,9 +226,3 @@ class AttentionRecorder:
         for step in self._steps.values():
             step.recorder = None
 
-
-@contextmanager
-def recording(model: nn.Module, **kwargs: object) -> Iterator[AttentionRecorder]:
-    """``with recording(model) as rec:`` -- :class:`AttentionRecorder` as a context manager function."""
-    with AttentionRecorder(model, **kwargs) as rec:  # type: ignore[arg-type]
-        yield rec

@@ -22,6 +22,7 @@ __all__ = [
     "check_norm_batch",
     "check_odd",
     "check_feature_map",
+    "check_images",
     "make_divisible",
     "reduced_channels",
     "get_act_layer",
@@ -109,6 +110,13 @@ def check_feature_map(x: torch.Tensor, channels: int, layer: str) -> None:
     if x.shape[1] != channels:
         raise UsageError(f"{layer} was built for {channels} input channels, got an input with {x.shape[1]} "
                          f"channels (shape {tuple(x.shape)})")
+
+
+def check_images(x: torch.Tensor, in_chans: int) -> None:
+    """A UsageError unless ``x`` is a (B, ``in_chans``, H, W) batch of images (every network's first check)."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise UsageError(f"the network expects images (B, {in_chans}, H, W), got a tensor of shape "
+                         f"{tuple(x.shape)}; set in_chans to match")
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from visionattn.errors import UsageError
+from visionattn.layers.helpers import check_images
 
 __all__ = ["FeatureNet", "resolve_out_indices"]
 
@@ -96,9 +97,8 @@ class FeatureNet(nn.Module):
         return [f["reduction"] for f in self.feature_info]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.in_chans is not None and (x.dim() != 4 or x.shape[1] != self.in_chans):
-            raise UsageError(f"the network expects images (B, {self.in_chans}, H, W), got a tensor of shape "
-                             f"{tuple(x.shape)}; set in_chans to match")
+        if self.in_chans is not None:
+            check_images(x, self.in_chans)
         if self._intermediates is not None:
             return list(self._intermediates(x, list(self.out_indices), stop_early=True, intermediates_only=True))
         out = []

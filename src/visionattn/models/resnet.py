@@ -26,7 +26,7 @@ from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.cond_conv import ExpertConv2d
-from visionattn.layers.helpers import check_bool, check_positive_int, pair
+from visionattn.layers.helpers import check_bool, check_images, check_positive_int, pair
 from visionattn.models.blocks import BLOCKS, GlobalAvgPool, downsampled, make_stem
 from visionattn.models.plug import AttnPlug, init_conv
 from visionattn.models.pretrained import (
@@ -205,9 +205,7 @@ class ResNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """A UsageError unless ``x`` is a batch of images with the network's channel count."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise UsageError(f"the network expects images (B, {self.in_chans}, H, W), got a tensor of shape "
-                             f"{tuple(x.shape)}; set in_chans to match")
+        check_images(x, self.in_chans)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """``maxpool(act1(bn1(conv1(x))))``: (B, C_stem, H / 4, W / 4) (H / 1 for small input)."""

@@ -38,7 +38,7 @@ from einops import rearrange
 from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
-from visionattn.layers.helpers import check_bool, check_positive_int, pair
+from visionattn.layers.helpers import check_bool, check_images, check_positive_int, pair
 from visionattn.layers.transformer import TransformerBlock
 from visionattn.models.features import resolve_out_indices
 from visionattn.models.position_embedding import resample_pos_embed
@@ -208,9 +208,7 @@ class VisionTransformer(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """A UsageError unless ``x`` is (B, in_chans, H, W), of ``img_size`` when ``strict_img_size``."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
-            raise UsageError(f"the network expects images (B, {self.in_chans}, H, W), got a tensor of shape "
-                             f"{tuple(x.shape)}; set in_chans to match")
+        check_images(x, self.in_chans)
         if self.strict_img_size and tuple(x.shape[-2:]) != self.img_size:
             raise UsageError(f"strict_img_size: the network takes {self.img_size[0]}x{self.img_size[1]} images, "
                              f"got {x.shape[-2]}x{x.shape[-1]}; build it with img_size={tuple(x.shape[-2:])} or "
