@@ -13,7 +13,10 @@ from visionattn.layers.relative_position import (
     RelativeEmbedding2d,
     RelativePositionLogits2d,
     relative_logits_1d,
+    relative_position_bias,
+    relative_position_index,
     relative_table,
+    resample_bias_table,
     resample_offsets,
 )
 
@@ -47,6 +50,75 @@ def test_relative_to_absolute_trick_matches_a_loop(n):
                         for i in range(n)], -2)
     assert got.shape == (2, 3, n, n)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(("n_q", "n_k"), [(1, 3), (2, 6), (4, 8), (3, 3)])
+def test_relative_logits_of_a_query_block_inside_a_key_window(n_q, n_k):
+    g = torch.Generator().manual_seed(n_q * 10 + n_k)
+    q, table = torch.randn(2, n_q, 4, generator=g), torch.randn(2 * n_k - 1, 4, generator=g)
+    want = torch.stack([torch.stack([q[..., i, :] @ table[j - i + n_k - 1] for j in range(n_k)], -1)
+                        for i in range(n_q)], -2)
+    torch.testing.assert_close(relative_logits_1d(q, table), want)
+
+
+def test_relative_logits_need_a_table_of_the_key_window():
+    with pytest.raises(UsageError, match="2 n_k - 1 rows"):
+        relative_logits_1d(torch.randn(1, 4, 2), torch.randn(4, 2))  # even
+    with pytest.raises(UsageError, match="n_k >= n_q = 4"):
+        relative_logits_1d(torch.randn(1, 4, 2), torch.randn(5, 2))  # 3 keys for 4 queries
+
+
+def test_block_logits_against_a_loop_over_query_block_and_key_window():
+    torch.manual_seed(0)
+    block, window = (2, 3), (4, 5)
+    layer = RelativePositionLogits2d(3, window).double()
+    q = torch.randn(2, 3, 6, block[0] * block[1], 3, dtype=torch.float64)  # (B, heads, blocks, b^2, d)
+    got = layer(q, block, window)
+    assert got.shape == (2, 3, 6, 6, 20)
+    rel_h, rel_w = layer.height_rel.detach(), layer.width_rel.detach()
+    for i in range(6):
+        hi, wi = divmod(i, block[1])
+        for j in range(20):
+            hj, wj = divmod(j, window[1])
+            r = rel_h[hj - hi + window[0] - 1] + rel_w[wj - wi + window[1] - 1]
+            torch.testing.assert_close(got[..., i, j], (q[..., i, :] * r).sum(-1))
+    with pytest.raises(UsageError, match="must cover"):
+        layer(torch.randn(1, 25, 3), (5, 5), (4, 5))
+
+
+def test_swin_index_is_query_minus_key_in_raster_order():
+    height, width = 2, 3
+    index = relative_position_index((height, width))
+    assert index.shape == (6, 6) and index.dtype == torch.int64
+    for i in range(6):
+        for j in range(6):
+            (hi, wi), (hj, wj) = divmod(i, width), divmod(j, width)
+            assert index[i, j] == (hi - hj + height - 1) * (2 * width - 1) + wi - wj + width - 1
+    assert relative_position_index(1).tolist() == [[0]]
+    # every offset of a square window appears, the zero offset on the diagonal at the table's centre
+    index = relative_position_index(3)
+    assert sorted(set(index.flatten().tolist())) == list(range(25)) and set(index.diagonal().tolist()) == {12}
+
+
+def test_swin_bias_gathers_one_scalar_per_head_and_offset():
+    table = torch.randn(15, 4)  # a 2 x 3 window, 4 heads
+    index = relative_position_index((2, 3))
+    bias = relative_position_bias(table, index)
+    assert bias.shape == (4, 6, 6)
+    for h in range(4):
+        for i in range(6):
+            for j in range(6):
+                assert bias[h, i, j] == table[index[i, j], h]
+
+
+def test_swin_table_resampling_keeps_a_constant_and_the_size():
+    table = torch.full((13 * 13, 3), 0.25)
+    got = resample_bias_table(table, 7, 12)
+    assert got.shape == (23 * 23, 3)
+    torch.testing.assert_close(got, torch.full_like(got, 0.25))
+    assert resample_bias_table(table, (7, 7), 7) is table
+    with pytest.raises(UsageError, match=r"window \(6, 6\)"):
+        resample_bias_table(table, 6, 7)
 
 
 @pytest.mark.parametrize("size", [(3, 4), (1, 3), (2, 1)])

@@ -14,7 +14,12 @@ split into a row-offset and a column-offset part:
       l_ij = q_i . r^h[h_j - h_i] + q_i . r^w[w_j - w_i],
 
   with per-head shared tables r^h (2H - 1, d) and r^w (2W - 1, d). The term is returned as the additive bias
-  of the attention core (:func:`~visionattn.layers.attention_core.attention`).
+  of the attention core (:func:`~visionattn.layers.attention_core.attention`). HaloNet uses the same logits
+  for a query block inside its key window (``key_size``).
+- **A learned bias per offset** (Liu et al. 2021, "Swin Transformer", eq. 4): B_ij = table[offset(i, j), head]
+  for the pixels i, j of an M_h x M_w window, one scalar per head and offset: :func:`relative_position_index`
+  and :func:`relative_position_bias` (the layer holds the table under Swin's and timm's names), and
+  :func:`resample_bias_table` for another window size.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from visionattn.errors import UsageError, check_positive
 from visionattn.layers.helpers import check_positive_int, pair
 
 __all__ = ["relative_table", "RelativeEmbedding2d", "resample_offsets", "relative_logits_1d",
-           "RelativePositionLogits2d"]
+           "RelativePositionLogits2d", "relative_position_index", "relative_position_bias", "resample_bias_table"]
 
 Size = tuple[int, int]
 
@@ -96,21 +101,28 @@ def resample_offsets(table: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def relative_logits_1d(q: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """l[..., x, i, j] = q[..., x, i] . table[j - i + n - 1] along one axis of n positions.
+    """l[..., x, i, j] = q[..., x, i] . table[j - i + n_k - 1] along one axis: n_q query positions, n_k key
+    positions, a table of the 2 n_k - 1 offsets j - i (n_q <= n_k). With n_q = n_k = n this is the global form
+    (offset j - i of two pixels of the same axis); with a query block of n_q inside a key window of n_k it is
+    HaloNet's (timm's ``rel_logits_1d``: the offset counts from the window's first key, not the query's pixel).
 
     The relative-to-absolute trick (Huang et al. 2018, "Music Transformer", sec. 3.4.1; BoTNet's and timm's
-    ``rel_logits_1d``): the (n, 2n - 1) products with every offset are padded, flattened and re-read with rows of
-    2n - 1, which shifts row i by i; no index tensor and no (n, n, d) table of embeddings is formed.
+    ``rel_logits_1d``): the (n_q, 2 n_k - 1) products with every offset are padded, flattened and re-read with
+    rows of 2 n_k - 1, which shifts row i by i; no index tensor and no (n_q, n_k, d) table of embeddings is formed.
 
     Shape:
-        - Input: q (..., m, n, d); table (2n - 1, d)
-        - Output: (..., m, n, n)
+        - Input: q (..., m, n_q, d); table (2 n_k - 1, d)
+        - Output: (..., m, n_q, n_k)
     """
-    n = q.shape[-2]
-    rel = torch.matmul(q, table.transpose(0, 1))  # (..., m, n, 2n - 1): q_i . r[o] for every offset slot o
-    flat = F.pad(rel, (0, 1)).flatten(-2)  # (..., m, 2n^2): row i starts at i * 2n
-    flat = F.pad(flat, (0, n - 1))  # room for the last row's shift
-    return flat.unflatten(-1, (n + 1, 2 * n - 1))[..., :n, n - 1:]  # row i re-read from i * (2n - 1)
+    n_q, width = q.shape[-2], table.shape[0]
+    n_k = (width + 1) // 2
+    if width % 2 == 0 or n_q > n_k:
+        raise UsageError(f"relative_logits_1d: the table needs 2 n_k - 1 rows for n_k >= n_q = {n_q} query "
+                         f"positions, got {width} rows")
+    rel = torch.matmul(q, table.transpose(0, 1))  # (..., m, n_q, 2 n_k - 1): q_i . r[o] for every offset slot o
+    flat = F.pad(rel, (0, 1)).flatten(-2)  # (..., m, n_q * 2 n_k): row i starts at i * 2 n_k
+    flat = F.pad(flat, (0, width - n_q))  # room for the last row's shift
+    return flat.unflatten(-1, (n_q + 1, width))[..., :n_q, n_k - 1:]  # row i re-read from i * (2 n_k - 1)
 
 
 class RelativePositionLogits2d(nn.Module):
@@ -130,13 +142,13 @@ class RelativePositionLogits2d(nn.Module):
 
     Args:
         dim_head: d, channels per head of the queries.
-        spatial_size: the (H, W) the tables are built for.
+        spatial_size: the key grid (H, W) the tables are built for (2H - 1 and 2W - 1 offsets).
         scale: factor on the logits. BoTNet's official code scales q by d^-1/2 before both q . k and the
             relative logits (pass d^-1/2); timm's ``BottleneckAttn`` adds them unscaled by default (1.0).
 
     Shape:
-        - Input: q (B, heads, H * W, d), size (H, W)
-        - Output: (B, heads, H * W, H * W)
+        - Input: q (..., H * W, d), size (H, W), key_size (H_k, W_k) (default: size)
+        - Output: (..., H * W, H_k * W_k)
     """
 
     def __init__(self, dim_head: int, spatial_size: int | Size, scale: float = 1.0) -> None:
@@ -157,18 +169,70 @@ class RelativePositionLogits2d(nn.Module):
         """r^h (2H - 1, d) and r^w (2W - 1, d) for an (H, W) map: the parameters, or resampled for another size."""
         return resample_offsets(self.height_rel, 2 * size[0] - 1), resample_offsets(self.width_rel, 2 * size[1] - 1)
 
-    def forward(self, q: torch.Tensor, size: Size) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, size: Size, key_size: Size | None = None) -> torch.Tensor:
+        """The logits of the queries of an (H, W) grid; ``key_size`` is the key grid (default: the same), which
+        for HaloNet is the (b + 2h)^2 window around a b x b query block: key (h', w') sits at offset
+        (h' - h, w' - w) counted from the window's corner (timm's ``PosEmbedRel`` convention)."""
         height, width = size
-        if q.dim() != 4 or q.shape[-2] != height * width or q.shape[-1] != self.dim_head:
-            raise UsageError(f"RelativePositionLogits2d: q must be (B, heads, H * W = {height * width}, "
+        key_h, key_w = size if key_size is None else key_size
+        if q.dim() < 3 or q.shape[-2] != height * width or q.shape[-1] != self.dim_head:
+            raise UsageError(f"RelativePositionLogits2d: q must be (..., H * W = {height * width}, "
                              f"d = {self.dim_head}) for size {tuple(size)}, got shape {tuple(q.shape)}")
-        rel_h, rel_w = (t.to(q.dtype) for t in self.tables((height, width)))
-        q = rearrange(q, "b n (y x) d -> b n y x d", y=height)
-        by_w = relative_logits_1d(q, rel_w)  # (b, n, y, x, x'): the column offset x' - x
-        by_h = relative_logits_1d(rearrange(q, "b n y x d -> b n x y d"), rel_h)  # (b, n, x, y, y')
-        logits = rearrange(by_h, "b n x y k -> b n y x k 1") + rearrange(by_w, "b n y x k -> b n y x 1 k")
-        logits = rearrange(logits, "b n y x k l -> b n (y x) (k l)")
+        if key_h < height or key_w < width:
+            raise UsageError(f"RelativePositionLogits2d: key_size {(key_h, key_w)} must cover the query grid "
+                             f"{tuple(size)}")
+        rel_h, rel_w = (t.to(q.dtype) for t in self.tables((key_h, key_w)))
+        q = rearrange(q, "... (y x) d -> ... y x d", y=height)
+        by_w = relative_logits_1d(q, rel_w)  # (..., y, x, x'): the column offset x' - x
+        by_h = relative_logits_1d(q.transpose(-3, -2), rel_h)  # (..., x, y, y')
+        logits = by_h.transpose(-3, -2)[..., :, None] + by_w[..., None, :]  # (..., y, x, y', x')
+        logits = logits.flatten(-2).flatten(-3, -2)
         return logits * self.scale if self.scale != 1.0 else logits
 
     def extra_repr(self) -> str:
         return f"dim_head={self.dim_head}, spatial_size={self.spatial_size}, scale={self.scale:.4g}"
+
+
+def relative_position_index(size: Size) -> torch.Tensor:
+    """Swin's (N, N) index of the offset between pixels i and j of an M_h x M_w window (N = M_h M_w, raster
+    order) into a table of (2 M_h - 1)(2 M_w - 1) offsets: (h_i - h_j + M_h - 1) (2 M_w - 1) + w_i - w_j + M_w - 1,
+    the query's position minus the key's, as the official code and timm's ``relative_position_index``.
+
+    Shape:
+        - Output: (N, N), int64
+    """
+    height, width = pair("size", size)
+    coords = torch.stack(torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]  # (2, N, N): query minus key
+    return (rel[0] + height - 1) * (2 * width - 1) + rel[1] + width - 1
+
+
+def relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The (heads, N, N) bias B[h, i, j] = table[index[i, j], h] added to a window's logits (Swin eq. 4).
+
+    Shape:
+        - Input: table ((2 M_h - 1)(2 M_w - 1), heads); index (N, N) from :func:`relative_position_index`
+        - Output: (heads, N, N)
+    """
+    return rearrange(table[index.flatten()], "(i j) h -> h i j", i=index.shape[0])
+
+
+def resample_bias_table(table: torch.Tensor, size: Size, new_size: Size) -> torch.Tensor:
+    """A Swin bias table built for an M_h x M_w window resized for another window, as a (2 M_h - 1) x (2 M_w - 1)
+    image per head by bicubic interpolation (timm's ``resize_rel_pos_bias_table`` for a Swin checkpoint loaded at
+    another window size). The same size returns ``table`` itself.
+
+    Shape:
+        - Input: table ((2 M_h - 1)(2 M_w - 1), heads)
+        - Output: ((2 M'_h - 1)(2 M'_w - 1), heads)
+    """
+    (height, width), (new_h, new_w) = pair("size", size), pair("new_size", new_size)
+    if (height, width) == (new_h, new_w):
+        return table
+    if table.dim() != 2 or table.shape[0] != (2 * height - 1) * (2 * width - 1):
+        raise UsageError(f"resample_bias_table: table must be ((2 M_h - 1)(2 M_w - 1) = "
+                         f"{(2 * height - 1) * (2 * width - 1)}, heads) for window {(height, width)}, got shape "
+                         f"{tuple(table.shape)}")
+    grid = rearrange(table, "(y x) h -> 1 h y x", y=2 * height - 1).float()
+    grid = F.interpolate(grid, size=(2 * new_h - 1, 2 * new_w - 1), mode="bicubic", align_corners=False)
+    return rearrange(grid, "1 h y x -> (y x) h").to(table.dtype)
