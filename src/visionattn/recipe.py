@@ -57,7 +57,7 @@ _DEVICE_ALIASES = {"gpu": "cuda", "cuda0": "cuda:0", "nvidia": "cuda", "metal": 
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 3.0, "label_smoothing": 0.1,
-            "epochs": 45},
+            "epochs": 40},
 }
 
 
@@ -278,7 +278,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
     parser.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME",
                         help=f"named starting settings, overridden by the options given: {', '.join(RECIPES)} "
                              "(vit: AdamW lr 1e-3, weight decay 0.05, 3 warm-up epochs, label smoothing 0.1, "
-                             "45 epochs) (default default: the SGD recipe above)")
+                             "40 epochs) (default default: the SGD recipe above)")
     if "--resume" not in exclude:
         parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                             help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration "

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from visionattn.layers.attention_core import Attention, AttentionRecorder, attention, attention_weights, causal_mask
+import visionattn.layers.attention_core as core
+from visionattn.layers.attention_core import (
+    CPU_EXPLICIT_MAX_PAIRS,
+    Attention,
+    AttentionRecorder,
+    attention,
+    attention_weights,
+    causal_mask,
+    resolve_impl,
+)
 from visionattn.layers.transformer import DropPath, TransformerBlock
 
 
@@ -143,6 +152,37 @@ def test_recorder_gets_the_weights_on_every_path(impl):
     assert block.attn.attend.recorder is None  # detached on exit
     block(x)
     assert len(rec.weights["attn.attend"]) == 1
+
+
+@pytest.mark.parametrize(("n_q", "n_k", "want"), [(49, 49, "explicit"), (100, 100, "explicit"),
+                                                   (64, 196, "fused"), (197, 197, "fused"), (1, 10_000, "explicit"),
+                                                   (1, 10_001, "fused")])
+def test_auto_takes_the_explicit_path_only_for_short_cpu_sequences(n_q, n_k, want, monkeypatch):
+    q, k = torch.zeros(1, 1, n_q, 4), torch.zeros(1, 1, n_k, 4)
+    assert resolve_impl("auto", q, k) == want
+    assert (n_q * n_k <= CPU_EXPLICIT_MAX_PAIRS) == (want == "explicit")
+    for impl in ("fused", "explicit"):  # an explicit choice is kept
+        assert resolve_impl(impl, q, k) == impl
+    # and attention() follows it: the fused kernel is called exactly when the rule says fused
+    calls = []
+    fused = core.F.scaled_dot_product_attention
+    monkeypatch.setattr(core.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or fused(*a, **kw))
+    attention(q, k, torch.zeros(1, 1, n_k, 4))
+    assert len(calls) == (want == "fused")
+
+
+def test_auto_gives_the_fused_result_on_either_side_of_the_threshold():
+    g = torch.Generator().manual_seed(0)
+    for n in (50, 120):  # 2500 pairs (explicit) and 14400 (fused)
+        q, k, v = (torch.randn(2, 3, n, 8, generator=g, requires_grad=True) for _ in range(3))
+        outs, grads = [], []
+        for impl in ("auto", "fused"):
+            out = attention(q, k, v, impl=impl)
+            outs.append(out)
+            grads.append(torch.autograd.grad(out.square().sum(), (q, k, v)))
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_recorder_errors():

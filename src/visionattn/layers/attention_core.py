@@ -17,6 +17,12 @@ Two paths compute the same function:
 - ``"explicit"``: the weights are formed, softmaxed and multiplied; the oracle in the tests, and the way the
   weights are obtained for a picture.
 
+``"auto"`` (the default) takes the fused path, except for short sequences on the CPU: there the flash kernel's
+fixed cost per batch and head outweighs the work, and at up to :data:`CPU_EXPLICIT_MAX_PAIRS` query-key pairs
+per head (a window of 7 x 7 or 10 x 10 tokens, a small ViT's 50) the explicit path is faster, forward and
+backward alike (``benchmarks/attention_paths.py``; 1.2-1.8x at 49 tokens for forward + backward). Its weight
+tensor is then at most that many elements per batch and head.
+
 :class:`Attention` is the module every layer holds (as ``attend``): it picks the path and, while an
 :class:`AttentionRecorder` is attached, also hands the weights to it -- recomputed from the same q, k, bias and
 mask, so the output still comes from the fused path and recording costs nothing when it is off.
@@ -33,9 +39,12 @@ from torch import nn
 from visionattn.errors import UsageError, check_choice, check_range, did_you_mean
 from visionattn.layers.linear_attention import linear_attention, linear_attention_weights
 
-__all__ = ["IMPLS", "KERNELS", "attention", "attention_weights", "Attention", "AttentionRecorder", "causal_mask"]
+__all__ = ["IMPLS", "CPU_EXPLICIT_MAX_PAIRS", "resolve_impl", "KERNELS", "attention", "attention_weights", "Attention",
+           "AttentionRecorder", "causal_mask"]
 
 IMPLS = ("auto", "fused", "explicit")
+# "auto" on the CPU: the explicit path at up to this many query-key pairs per head (N_q * N_k)
+CPU_EXPLICIT_MAX_PAIRS = 10_000
 KERNELS = ("softmax", "linear")
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -43,6 +52,16 @@ _HALF = (torch.float16, torch.bfloat16)
 def causal_mask(n_q: int, n_k: int, device: torch.device | None = None) -> torch.Tensor:
     """(n_q, n_k) boolean: query i may attend key j when j <= i (top-left aligned, as PyTorch's ``is_causal``)."""
     return torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()
+
+
+def resolve_impl(impl: str, q: torch.Tensor, k: torch.Tensor) -> str:
+    """The path ``impl`` stands for on these q and k: ``"auto"`` is ``"explicit"`` for at most
+    :data:`CPU_EXPLICIT_MAX_PAIRS` query-key pairs on the CPU, ``"fused"`` otherwise."""
+    if impl != "auto":
+        return impl
+    if q.device.type == "cpu" and q.shape[-2] * k.shape[-2] <= CPU_EXPLICIT_MAX_PAIRS:
+        return "explicit"
+    return "fused"
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -78,7 +97,8 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | Non
         - Output: (B, h, N_q, N_k)
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = torch.matmul(q, k.transpose(-2, -1)) * scale
+    # the scale on q (N_q d products) rather than on the logits (N_q N_k): the same values, less work
+    logits = torch.matmul(q * scale, k.transpose(-2, -1))
     if bias is not None:
         logits = logits + bias
     allowed = _combined_mask(q.shape[-2], k.shape[-2], mask, causal, q.device)
@@ -103,7 +123,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
         causal: also restrict query i to keys j <= i.
         dropout_p: dropout on the weights (pass 0 in eval mode; :class:`Attention` does).
         scale: factor on Q K^T; None is d^-1/2.
-        impl: ``"fused"`` (``F.scaled_dot_product_attention``), ``"explicit"``, or ``"auto"`` (fused).
+        impl: ``"fused"`` (``F.scaled_dot_product_attention``), ``"explicit"``, or ``"auto"`` (fused, except for
+            short sequences on the CPU: :func:`resolve_impl`).
 
     Shape:
         - Input: q (B, h, N_q, d), k (B, h, N_k, d), v (B, h, N_k, d_v)
@@ -111,7 +132,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     """
     check_choice("impl", impl, IMPLS)
     _check(q, k, v, bias, mask)
-    if impl == "explicit":
+    if resolve_impl(impl, q, k) == "explicit":
         weights = attention_weights(q, k, bias, mask, causal, scale)
         return torch.matmul(F.dropout(weights, dropout_p) if dropout_p else weights, v)
     attn_mask = None
