@@ -86,7 +86,8 @@ class PatchEmbed(nn.Module):
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-pad the right and bottom to the next multiple of the patch."""
         p = self.patch_size
-        return F.pad(x, (0, (-x.shape[-1]) % p, 0, (-x.shape[-2]) % p))
+        right, bottom = (-x.shape[-1]) % p, (-x.shape[-2]) % p
+        return F.pad(x, (0, right, 0, bottom)) if right or bottom else x  # F.pad copies even when it adds nothing
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rearrange(self.proj(x), "b d h w -> b (h w) d")
