@@ -54,8 +54,8 @@ def measure(rows: int, n: int, d: int, reps: int) -> dict[str, tuple[float, floa
     times: dict[str, tuple[list[float], list[float]]] = {impl: ([], []) for impl in PATHS}
     for rep in range(reps):
         for impl in PATHS if rep % 2 else PATHS[::-1]:
-            times[impl][0].append(_ms(lambda: forward(impl)))
-            times[impl][1].append(_ms(lambda: train(impl)))
+            times[impl][0].append(_ms(lambda impl=impl: forward(impl)))
+            times[impl][1].append(_ms(lambda impl=impl: train(impl)))
     return {impl: (statistics.median(f), statistics.median(t)) for impl, (f, t) in times.items()}
 
 

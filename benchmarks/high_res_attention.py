@@ -44,7 +44,7 @@ CPU = torch.device("cpu")
 LAYERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "sasa": ("sasa", {"kernel_size": 7, "heads": 8}, "SASA 7 x 7 local attention (C++ kernel)"),
     "halo": ("halo", {"heads": 8, "block_size": 8, "halo_size": 3}, "HaloNet blocks of 8, halo 3"),
-    "swin": ("swin", {"heads": 8, "window_size": 7, "shift": True}, "Swin 7 x 7 windows, shifted"),
+    "swin": ("swin", {"heads": 8, "window_size": 7}, "Swin 7 x 7 windows, shifted"),
     "axial": ("axial", {"heads": 8}, "axial attention, global span (height, then width)"),
     "mhsa": ("mhsa", {"heads": 8}, "global attention over all pixels (fused SDPA)"),
 }

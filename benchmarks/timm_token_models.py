@@ -1,4 +1,4 @@
-"""Our hybrid ViT and BoTNet against timm's, side by side: strict state-dict load and equal outputs.
+"""Our hybrid ViT, BoTNet and HaloNets against timm's, side by side: strict state-dict load and equal outputs.
 
 Run in an environment with timm (it is never a dependency of the project), e.g.
 
@@ -10,6 +10,10 @@ Run in an environment with timm (it is never a dependency of the project), e.g.
 - ``botnet26t_256``: timm's state dict under our names
   (:func:`~visionattn.models.botnet.convert_timm_botnet_state_dict`)
   loads into ``create_model("botnet26t_256")`` with ``strict=True``; outputs compared at 256 x 256.
+- ``halonet26t``, ``halonet50ts``: timm's state dicts under our names
+  (:func:`~visionattn.models.halonet.convert_timm_halonet_state_dict`) load with ``strict=True``; outputs compared
+  at 256 x 256 with ``mask_padding=False`` (timm's function: zero-padded border keys take part in the softmax),
+  and, as a second row, with our default masked padding, which is meant to differ.
 
 Both in eval mode, with random BatchNorm statistics and affine parameters (``timm_parity.randomise_norms``) so
 that every normalisation takes part.
@@ -26,6 +30,7 @@ from timm_parity import randomise_norms  # noqa: E402
 
 import visionattn  # noqa: E402
 from visionattn.models.botnet import convert_timm_botnet_state_dict  # noqa: E402
+from visionattn.models.halonet import convert_timm_halonet_state_dict  # noqa: E402
 from visionattn.models.hybrid import HybridVisionTransformer  # noqa: E402
 
 
@@ -57,6 +62,13 @@ def main() -> int:
     randomise_norms(bot, seed=2)
     rows.append(compare("botnet26t_256", bot, visionattn.create_model("botnet26t_256"),
                         convert_timm_botnet_state_dict(bot.state_dict()), 256))
+    for seed, name in enumerate(("halonet26t", "halonet50ts"), start=3):
+        halo = timm.create_model(name)
+        randomise_norms(halo, seed=seed)
+        state = convert_timm_halonet_state_dict(halo.state_dict())
+        rows.append(compare(f"{name} (mask_padding=False)", halo,
+                            visionattn.create_model(name, mask_padding=False), state, 256))
+        rows.append(compare(f"{name} (ours: padding masked)", halo, visionattn.create_model(name), state, 256))
     print(f"timm {timm.__version__}, torch {torch.__version__}, eval, 2 random images, random BN statistics\n")
     print("\n".join(rows))
     return 0

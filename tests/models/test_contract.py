@@ -51,6 +51,8 @@ def _build(name: str, **extra):
     kwargs = {"layers": (1,) * len(layers)} if sum(layers) > MAX_BLOCKS else {}
     if defaults.get("depth", 0) > MAX_DEPTH:
         kwargs["depth"] = 2
+    if sum(defaults.get("depths", ())) > MAX_DEPTH:  # Swin: two blocks per stage, a W-MSA and an SW-MSA one
+        kwargs["depths"] = tuple(min(d, 2) for d in defaults["depths"])
     torch.manual_seed(0)
     return build_for_input(name, size, num_classes=7, **{**kwargs, **extra})
 

@@ -20,6 +20,9 @@ split into a row-offset and a column-offset part:
   for the pixels i, j of an M_h x M_w window, one scalar per head and offset: :func:`relative_position_index`
   and :func:`relative_position_bias` (the layer holds the table under Swin's and timm's names), and
   :func:`resample_bias_table` for another window size.
+- **Along one axis, for queries, keys and values** (Wang et al. 2020, "Axial-DeepLab", eq. 4): one table of
+  offsets per line, split into r^q, r^k and r^v (:func:`axial_relative_embeddings`; the layer is
+  :class:`~visionattn.layers.axial_attention.AxialAttention`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from visionattn.errors import UsageError, check_positive
 from visionattn.layers.helpers import check_positive_int, pair
 
 __all__ = ["relative_table", "RelativeEmbedding2d", "resample_offsets", "relative_logits_1d",
-           "RelativePositionLogits2d", "relative_position_index", "relative_position_bias", "resample_bias_table"]
+           "RelativePositionLogits2d", "relative_position_index", "relative_position_bias", "resample_bias_table",
+           "axial_relative_embeddings"]
 
 Size = tuple[int, int]
 
@@ -236,3 +240,34 @@ def resample_bias_table(table: torch.Tensor, size: Size, new_size: Size) -> torc
     grid = rearrange(table, "(y x) h -> 1 h y x", y=2 * height - 1).float()
     grid = F.interpolate(grid, size=(2 * new_h - 1, 2 * new_w - 1), mode="bicubic", align_corners=False)
     return rearrange(grid, "1 h y x -> (y x) h").to(table.dtype)
+
+
+def axial_relative_embeddings(table: torch.Tensor, length: int, span: int | None = None) -> torch.Tensor:
+    """Axial-DeepLab's relative embeddings for one line of ``length`` positions: ``E[i, j] = table[:, i - j + R]``
+    for query position i and key position j (Wang et al. 2020, "Axial-DeepLab", eq. 4's r_{p-o}, indexed as
+    the official code's ``flatten_index``: query minus key, offset 0 at column R).
+
+    The table keeps the official layout, channels first: ``(d, T)`` with the d channels of r^q, r^k and r^v
+    stacked. Two spans:
+
+    - global (``span=None``): T = 2K - 1 offsets -(K - 1) ... K - 1 for the K positions the table was built for;
+      for another length it is resampled to 2 * length - 1 offsets (:func:`resample_offsets`), R = length - 1.
+    - local (``span=m``, odd): T = m offsets -(m - 1) / 2 ... (m - 1) / 2, R = (m - 1) / 2, any length; a pair
+      further apart gets the nearest edge entry, which the span's mask removes from the attention.
+
+    Shape:
+        - Input: table (d, T)
+        - Output: (length, length, d)
+    """
+    width = table.shape[-1]
+    if table.dim() != 2 or (span is not None and width != span) or (span is None and width % 2 == 0):
+        need = f"{span} offsets for span {span}" if span is not None else "an odd number 2K - 1 of offsets"
+        raise UsageError(f"axial_relative_embeddings: table must be (d, T) with {need}, got shape "
+                         f"{tuple(table.shape)}")
+    offsets = table.t()
+    if span is None:
+        offsets = resample_offsets(offsets, 2 * length - 1)
+    radius = (offsets.shape[0] - 1) // 2
+    pos = torch.arange(length, device=table.device)
+    index = (pos[:, None] - pos[None, :]).clamp(-radius, radius) + radius
+    return offsets[index]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visionattn.errors import UsageError, check_choice
-from visionattn.layers.helpers import ConvNormAct, check_positive_int
+from visionattn.layers.helpers import ConvNormAct, LayerSpec, check_positive_int, create_act, get_act_layer
 from visionattn.models.plug import AttnPlug, conv2d
 
 __all__ = ["BasicBlock", "Bottleneck", "GlobalAvgPool", "make_stem", "make_shortcut", "downsampled", "BLOCKS",
@@ -42,7 +42,7 @@ def downsampled(size: Size | None, stride: int) -> Size | None:
 
 
 def make_stem(in_chans: int, stem_type: str = "basic", stem_width: int = 64,
-              small_input: bool = False) -> tuple[nn.Module, int, int]:
+              small_input: bool = False, act_layer: LayerSpec = "relu") -> tuple[nn.Module, int, int]:
     """The stem's convolution ``conv1`` (the ResNet adds ``bn1``, ``act1`` and ``maxpool``); returns
     ``(conv1, out_channels, stride)``.
 
@@ -52,6 +52,9 @@ def make_stem(in_chans: int, stem_type: str = "basic", stem_width: int = 64,
     - ``"tiered"``: the same with widths 3w/4, w, 2w (timm's ``stem_type="tiered"``: 24, 32, 64 for w = 32, the
       stem of ``botnet26t_256``).
     - ``small_input=True``: the same at stride 1 with a 3x3 kernel, for 28x28 and 32x32 images (CIFAR-style).
+
+    ``act_layer`` is the activation between the deep and tiered stems' convolutions (ReLU; timm's ``*ts``
+    networks such as ``halonet50ts``: SiLU).
     """
     check_positive_int("in_chans", in_chans)
     check_positive_int("stem_width", stem_width)
@@ -64,8 +67,9 @@ def make_stem(in_chans: int, stem_type: str = "basic", stem_width: int = 64,
     if first == 0:
         raise UsageError(f"stem_width: the tiered stem's first convolution has 3 * stem_width / 4 channels, none "
                          f"for stem_width={w}; needs at least 2")
-    convs = nn.Sequential(conv2d(in_chans, first, 3, stride), nn.BatchNorm2d(first), nn.ReLU(inplace=True),
-                          conv2d(first, w, 3), nn.BatchNorm2d(w), nn.ReLU(inplace=True), conv2d(w, 2 * w, 3))
+    convs = nn.Sequential(conv2d(in_chans, first, 3, stride), nn.BatchNorm2d(first),
+                          create_act(act_layer, inplace=True), conv2d(first, w, 3), nn.BatchNorm2d(w),
+                          create_act(act_layer, inplace=True), conv2d(w, 2 * w, 3))
     return convs, 2 * w, stride
 
 
@@ -103,8 +107,10 @@ class _Residual(nn.Module):
     modules carry the ecosystem's names and the forward pass reads them in order.
     """
 
-    def __init__(self, plug: AttnPlug) -> None:
+    def __init__(self, plug: AttnPlug, act_layer: LayerSpec = "relu") -> None:
         super().__init__()
+        get_act_layer(act_layer)  # a UsageError naming act_layer before anything is built
+        self.act_layer = act_layer
         self.layout = plug.layout
         self._path: list[str] = []
         self._units = 0
@@ -123,7 +129,7 @@ class _Residual(nn.Module):
         conv, own_norm = plug.conv(in_chs, out_chs, kernel_size, stride, groups, act, in_size=self._size)
         self._size = downsampled(self._size, stride)
         if self.layout == "units":
-            unit = conv if own_norm else ConvNormAct(conv, out_chs, "relu" if act else None)
+            unit = conv if own_norm else ConvNormAct(conv, out_chs, self.act_layer if act else None)
             setattr(self, f"conv{i}", unit)
             self._path.append(f"conv{i}")
             return
@@ -131,7 +137,7 @@ class _Residual(nn.Module):
         setattr(self, f"bn{i}", nn.Identity() if own_norm else nn.BatchNorm2d(out_chs))
         self._path += [f"conv{i}", f"bn{i}"]
         if act:
-            setattr(self, f"act{i}", nn.Identity() if own_norm else nn.ReLU(inplace=True))
+            setattr(self, f"act{i}", nn.Identity() if own_norm else create_act(self.act_layer, inplace=True))
             self._path.append(f"act{i}")
 
     def _add_module_to_path(self, name: str, module: nn.Module) -> None:
@@ -144,7 +150,7 @@ class _Residual(nn.Module):
         after = plug.after_attn(out_chs, feat_size)
         if after is not None:  # named only where present, so plain blocks keep the ecosystem's module tree
             self.attn = after
-        setattr(self, f"act{self._units}", nn.ReLU(inplace=True))  # after the addition
+        setattr(self, f"act{self._units}", create_act(self.act_layer, inplace=True))  # after the addition
         self.downsample = make_shortcut(in_chs, out_chs, stride, avg_down)
         self._act_out = f"act{self._units}"
         self.in_chs, self.out_channels = in_chs, out_chs
@@ -178,6 +184,8 @@ class BasicBlock(_Residual):
         avd, stride_in_1x1: accepted for a common signature; must be False (bottleneck options).
         in_size: the block's input (H, W), for a layer in place of a convolution that needs its input's size
             (BoTNet's MHSA); None: ``feat_size`` when ``stride`` is 1.
+        act_layer: the activation after each BN but the last and after the addition (ReLU; SiLU in timm's
+            ``*ts`` networks).
 
     Shape:
         - Input: (B, in_chs, H, W)
@@ -188,13 +196,14 @@ class BasicBlock(_Residual):
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64,
                  plug: AttnPlug | None = None, feat_size: Size | None = None, avg_down: bool = False,
-                 avd: bool = False, stride_in_1x1: bool = False, in_size: Size | None = None) -> None:
+                 avd: bool = False, stride_in_1x1: bool = False, in_size: Size | None = None,
+                 act_layer: LayerSpec = "relu") -> None:
         if groups != 1 or base_width != 64 or avd or stride_in_1x1:
             raise UsageError(f"BasicBlock supports groups=1, base_width=64, avd=False, stride_in_1x1=False only, "
                              f"got groups={groups}, base_width={base_width}, avd={avd}, "
                              f"stride_in_1x1={stride_in_1x1}; use the bottleneck block")
         plug = plug or AttnPlug()
-        super().__init__(plug)
+        super().__init__(plug, act_layer)
         self._start(in_size, feat_size, stride)
         self._add_conv(plug, in_chs, planes, 3, stride)
         self._add_conv(plug, planes, planes, 3, act=False)
@@ -224,6 +233,9 @@ class Bottleneck(_Residual):
         in_size: the block's input (H, W), for a layer in place of a convolution that needs its input's size
             (BoTNet's MHSA attends at the input resolution of a strided block, then pools); None:
             ``feat_size`` when ``stride`` is 1.
+        act_layer: the activation after each BN but the last and after the addition (ReLU; SiLU in timm's
+            ``*ts`` networks). A layer with its own BN and ReLU in place of a convolution (SK, SplAt) keeps its
+            ReLU.
 
     Shape:
         - Input: (B, in_chs, H, W)
@@ -234,7 +246,8 @@ class Bottleneck(_Residual):
 
     def __init__(self, in_chs: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64,
                  plug: AttnPlug | None = None, feat_size: Size | None = None, avg_down: bool = False,
-                 avd: bool = False, stride_in_1x1: bool = False, in_size: Size | None = None) -> None:
+                 avd: bool = False, stride_in_1x1: bool = False, in_size: Size | None = None,
+                 act_layer: LayerSpec = "relu") -> None:
         check_positive_int("groups", groups)
         if avd and stride_in_1x1:
             raise UsageError("avd and stride_in_1x1 both place the block's stride; choose one")
@@ -244,7 +257,7 @@ class Bottleneck(_Residual):
             raise UsageError(f"base_width too small: planes={planes} * base_width={base_width} / 64 gives no "
                              f"channels per group")
         plug = plug or AttnPlug()
-        super().__init__(plug)
+        super().__init__(plug, act_layer)
         out_chs = planes * self.expansion
         pool_after = avd and stride > 1
         mid_stride = 1 if pool_after or stride_in_1x1 else stride

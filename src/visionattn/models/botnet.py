@@ -28,13 +28,13 @@ to the map size at run time (:class:`~visionattn.layers.relative_position.Relati
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from visionattn.errors import CheckpointError, UsageError
+from visionattn.errors import UsageError
+from visionattn.models.byoanet import convert_timm_byoanet_state_dict
 from visionattn.models.resnet import ResNet
 from visionattn.models.zoo import BACKBONES
 from visionattn.registry import register_model
@@ -80,35 +80,13 @@ class BoTNet(ResNet):
                          attn_stages=attn_stages, attn_every=attn_every, **kwargs)
 
 
-# timm's ByobNet names -> ours, applied in order to each key (the shapes are the same)
-_TIMM_RULES: tuple[tuple[str, str], ...] = (
-    (r"^stem\.conv1\.conv\.", "conv1.0."), (r"^stem\.conv1\.bn\.", "conv1.1."),
-    (r"^stem\.conv2\.conv\.", "conv1.3."), (r"^stem\.conv2\.bn\.", "conv1.4."),
-    (r"^stem\.conv3\.conv\.", "conv1.6."), (r"^stem\.conv3\.bn\.", "bn1."),
-    (r"^stages\.(\d+)\.(\d+)\.shortcut\.conv\.", r"layer{\1}.\2.downsample.0."),
-    (r"^stages\.(\d+)\.(\d+)\.shortcut\.bn\.", r"layer{\1}.\2.downsample.1."),
-    (r"^stages\.(\d+)\.(\d+)\.conv(\d)_(?:1x1|kxk)\.conv\.", r"layer{\1}.\2.conv\3."),
-    (r"^stages\.(\d+)\.(\d+)\.conv(\d)_(?:1x1|kxk)\.bn\.", r"layer{\1}.\2.bn\3."),
-    (r"^stages\.(\d+)\.(\d+)\.self_attn\.qkv\.", r"layer{\1}.\2.conv2.qkv."),
-    (r"^stages\.(\d+)\.(\d+)\.self_attn\.pos_embed\.", r"layer{\1}.\2.conv2.rel_pos."),
-    (r"^stages\.(\d+)\.(\d+)\.post_attn\.", r"layer{\1}.\2.bn2."),
-    (r"^head\.fc\.", "fc."),
-)
-
-
-def _timm_key(key: str) -> str:
-    for pattern, repl in _TIMM_RULES:
-        new, n = re.subn(pattern, repl, key)
-        if n:  # timm counts stages from 0, our layer1 is its stage 0
-            return re.sub(r"^layer\{(\d+)\}", lambda m: f"layer{int(m.group(1)) + 1}", new)
-    raise CheckpointError(f"convert_timm_botnet_state_dict: {key!r} is not a key of timm's botnet26t layout")
-
-
 def convert_timm_botnet_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm's ``botnet26t_256`` state dict under this library's names (``stem.conv1.conv.weight`` ->
     ``conv1.0.weight``, ``stages.2.1.self_attn.pos_embed.height_rel`` -> ``layer3.1.conv2.rel_pos.height_rel``,
-    ``head.fc.weight`` -> ``fc.weight``, ...), for ``load_state_dict(strict=True)``. Tensors are not copied."""
-    return {_timm_key(key): value for key, value in state_dict.items()}
+    ``head.fc.weight`` -> ``fc.weight``, ...), for ``load_state_dict(strict=True)``. Tensors are not copied.
+    The rules are those of every timm ByoaNet (:func:`~visionattn.models.byoanet.convert_timm_byoanet_state_dict`,
+    shared with HaloNet)."""
+    return convert_timm_byoanet_state_dict(state_dict, caller="convert_timm_botnet_state_dict")
 
 
 # name: (configuration, description)

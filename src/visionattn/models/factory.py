@@ -11,6 +11,7 @@ from torch import nn
 from visionattn.errors import UsageError
 from visionattn.models.features import FeatureNet
 from visionattn.models.pretrained import PretrainedCfg, load_pretrained
+from visionattn.models.swin_zoo import SWIN_TIMM_NAMES
 from visionattn.models.vit_zoo import VIT_TIMM_NAMES
 from visionattn.models.zoo import TIMM_NAMES
 
@@ -28,7 +29,8 @@ def finish_model(name: str, model: nn.Module, pretrained_file: str | os.PathLike
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, PretrainedCfg):
         model.pretrained_cfg = cfg.replace(architecture=name,
-                                           timm_name=TIMM_NAMES.get(name) or VIT_TIMM_NAMES.get(name))
+                                           timm_name=TIMM_NAMES.get(name) or VIT_TIMM_NAMES.get(name)
+                                           or SWIN_TIMM_NAMES.get(name))
     if pretrained_file is not None:
         model.pretrained_report = load_pretrained(model, pretrained_file)
     return FeatureNet(model, out_indices) if features_only else model

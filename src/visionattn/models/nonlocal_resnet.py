@@ -28,11 +28,25 @@ from visionattn.models.resnet import ResNet
 from visionattn.models.zoo import BACKBONES
 from visionattn.registry import register_model
 
-__all__ = ["NONLOCAL", "NONLOCAL_MODELS", "NONLOCAL_RESNET50_PARAMS"]
+__all__ = ["NONLOCAL", "NONLOCAL_MODELS", "NONLOCAL_RESNET50_PARAMS", "NonLocalResNet"]
 
 _PAPER = "Wang et al. 2018, Non-local Neural Networks"
 NONLOCAL: dict[str, Any] = {"attn": "non_local", "attn_stages": (2, 3), "attn_every": 2}
 NONLOCAL_RESNET50_PARAMS = 32_915_496
+
+class NonLocalResNet(ResNet):
+    """A :class:`~visionattn.models.resnet.ResNet` with non-local blocks (its ``attn="non_local"`` placement); the
+    class only records the smallest input at which every parameter learns (read by the model contract tests).
+
+    Shape:
+        - Input: (B, in_chans, H, W)
+        - Output: (B, num_classes)
+    """
+
+    # res4's map is 2x2 at 32x32 and its 2x2-pooled keys a single pixel: a softmax over one key is constant, so
+    # theta and phi get no gradient (exactly 0 on the explicit path); at 64x64 it attends 4 keys
+    min_input_size = (3, 64, 64)
+
 
 # name: (backbone, description)
 NONLOCAL_MODELS: dict[str, tuple[str, str]] = {
@@ -47,7 +61,7 @@ def _register_all() -> None:
     for name, (backbone, description) in NONLOCAL_MODELS.items():
         config = {**BACKBONES[backbone][0], **NONLOCAL}
         family = "resnet-small" if config.get("small_input") else "resnet"
-        register_model(name, paper=_PAPER, description=description, family=family, defaults=config)(ResNet)
+        register_model(name, paper=_PAPER, description=description, family=family, defaults=config)(NonLocalResNet)
 
 
 _register_all()

@@ -12,7 +12,8 @@ official SE, ECA, SK and ResNeSt code do; each expert of a CondConv or dynamic-c
 the same way, like the convolution it replaces (CondConv's official code). Left at PyTorch's default, as in
 those codes: linear layers (the classifier, the routers), ECA's 1-D convolution, the relative position
 embeddings, and BatchNorm (weight 1, bias 0; with ``zero_init_last`` the last BN of each residual branch
-starts at 0).
+starts at 0). A layer that declares ``keeps_own_init = True`` (HaloNet's attention, whose q/kv projections and
+relative tables timm initialises truncated-normal) gets its ``reset_parameters()`` called after that rule.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.cond_conv import ExpertConv2d
-from visionattn.layers.helpers import check_bool, check_images, check_positive_int, pair
+from visionattn.layers.helpers import LayerSpec, check_bool, check_images, check_positive_int, create_act, pair
 from visionattn.models.blocks import BLOCKS, GlobalAvgPool, downsampled, make_stem
 from visionattn.models.plug import AttnPlug, init_conv
 from visionattn.models.pretrained import (
@@ -72,6 +73,8 @@ class ResNet(nn.Module):
             entry of ``attn_stages`` (``botnet26t_256``: ``(2, 1)``).
         drop_rate: dropout before the classifier.
         zero_init_last: start each residual branch's last BN at zero (the block starts as the identity).
+        act_layer: the activation of the stem and the blocks (ReLU; timm's ``*ts`` networks such as
+            ``halonet50ts``: ``"silu"``). Layers with their own activation (SK, SplAt, the excite MLPs) keep it.
 
     Every convolution is initialised by one rule once the network is built: see :meth:`init_weights`.
 
@@ -96,7 +99,8 @@ class ResNet(nn.Module):
                  attn_kwargs: Mapping[str, Any] | None = None, attn_where: str | None = None,
                  drop_rate: float = 0.0, zero_init_last: bool = False,
                  attn_stage_kwargs: Sequence[Mapping[str, Any]] | None = None,
-                 attn_stages: Sequence[int] | None = None, attn_every: int | Sequence[int] = 1) -> None:
+                 attn_stages: Sequence[int] | None = None, attn_every: int | Sequence[int] = 1,
+                 act_layer: LayerSpec = "relu") -> None:
         super().__init__()
         check_choice("block", block, sorted(BLOCKS))
         for name, values in (("layers", layers), ("widths", widths)):
@@ -119,16 +123,16 @@ class ResNet(nn.Module):
         plug = AttnPlug(attn, {} if attn_kwargs is None else attn_kwargs, attn_where,
                         () if attn_stage_kwargs is None else attn_stage_kwargs, attn_stages, attn_every)
 
-        conv1, stem_chs, stem_stride = make_stem(in_chans, stem_type, stem_width, small_input)
+        conv1, stem_chs, stem_stride = make_stem(in_chans, stem_type, stem_width, small_input, act_layer)
         self.in_chans = in_chans
         self.conv1 = conv1
         self.bn1 = nn.BatchNorm2d(stem_chs)
-        self.act1 = nn.ReLU(inplace=True)
+        self.act1 = create_act(act_layer, inplace=True)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(3, stride=2, padding=1)
         self.feature_info: list[dict[str, Any]] = [{"module": "act1", "num_chs": stem_chs, "reduction": stem_stride}]
         self.stem_reduction = 1 if small_input else 4
         block_kwargs = {"groups": groups, "base_width": base_width, "plug": plug, "avg_down": avg_down,
-                        "avd": avd, "stride_in_1x1": stride_in_1x1}
+                        "avd": avd, "stride_in_1x1": stride_in_1x1, "act_layer": act_layer}
         self.num_stages = len(layers)
         self._make_stages(BLOCKS[block], layers, widths, plug, block_kwargs)
         self.num_features = self.feature_info[-1]["num_chs"]
@@ -151,7 +155,9 @@ class ResNet(nn.Module):
         He initialisation (normal, fan-out, ReLU gain) of every ``nn.Conv2d`` and of every expert of a
         CondConv / dynamic-convolution bank; then, with ``zero_init_last``, each residual branch's last BN
         weight at zero. Linear layers, ECA's 1-D convolution and BatchNorm keep PyTorch's initialisation (see
-        the module docstring). A subclass that rebuilds parts of the network calls it again.
+        the module docstring). A layer with ``keeps_own_init`` is reset to its own rule afterwards (as timm's
+        blocks call ``reset_parameters`` of their attention). A subclass that rebuilds parts of the network calls
+        it again.
         """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -159,6 +165,9 @@ class ResNet(nn.Module):
             elif isinstance(m, ExpertConv2d):
                 for expert in m.weight:  # each expert is a convolution kernel of its own
                     nn.init.kaiming_normal_(expert, mode="fan_out", nonlinearity="relu")
+        for m in self.modules():
+            if getattr(m, "keeps_own_init", False):
+                m.reset_parameters()
         if self.zero_init_last:
             for m in self.modules():
                 if hasattr(m, "last_bn"):

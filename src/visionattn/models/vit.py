@@ -50,7 +50,7 @@ from visionattn.models.pretrained import (
     PretrainedCfg,
 )
 
-__all__ = ["PatchEmbed", "VisionTransformer", "POOLS", "NORM_STATS", "lecun_normal_"]
+__all__ = ["PatchEmbed", "VisionTransformer", "POOLS", "NORM_STATS", "lecun_normal_", "take_indices"]
 
 POOLS = ("token", "avg")
 # the data a model's weights are for: (mean, std, crop_pct, interpolation) of its pretrained_cfg.
@@ -253,7 +253,7 @@ class VisionTransformer(nn.Module):
             - Output: a list of (B, D, ceil(H / p), ceil(W / p)) (prefix tokens dropped), or (B, N, D) for NLC
         """
         check_choice("output_fmt", output_fmt, ("NCHW", "NLC"))
-        take = _take_indices(indices, len(self.blocks))
+        take = take_indices(indices, len(self.blocks))
         grid = self.feature_grid(x.shape[-2:])
         tokens, out = self.embed(x), []
         for i, block in enumerate(self.blocks):
@@ -325,7 +325,7 @@ class VisionTransformer(nn.Module):
         return [("embed", embed), *((f"blocks.{i}", [b]) for i, b in enumerate(self.blocks)), ("head", head)]
 
 
-def _take_indices(indices: int | Sequence[int] | None, count: int) -> tuple[int, ...]:
+def take_indices(indices: int | Sequence[int] | None, count: int) -> tuple[int, ...]:
     """timm's ``feature_take_indices``: an int n takes the last n blocks; a sequence those blocks; None all."""
     if isinstance(indices, int) and not isinstance(indices, bool):
         if not 1 <= indices <= count:
