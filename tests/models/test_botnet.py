@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import visionattn
+from tests.models.sizes import sizes_seen
 from visionattn.errors import CheckpointError, UsageError
 from visionattn.layers.bot_attention import BoTSelfAttention2d
 from visionattn.models.botnet import BoTNet, convert_timm_botnet_state_dict
@@ -93,15 +94,7 @@ def test_a_converted_state_dict_loads_strictly():
 
 
 def _sizes_seen(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int]]:
-    seen = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: seen.__setitem__(n, tuple(args[0].shape[-2:])))
-             for n, m in _bot_layers(model).items()]
-    with torch.no_grad():
-        out = model.eval()(x)
-    for h in hooks:
-        h.remove()
-    assert out.shape == (x.shape[0], 5) and torch.isfinite(out).all()
-    return seen
+    return sizes_seen(model, x, _bot_layers(model), 5)
 
 
 @pytest.mark.parametrize("name, size, seen", [

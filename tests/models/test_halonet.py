@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import visionattn
+from tests.models.sizes import sizes_seen
 from visionattn.errors import CheckpointError, UsageError
 from visionattn.layers.halo_attention import HaloAttention2d
 from visionattn.models.botnet import convert_timm_botnet_state_dict
@@ -107,15 +108,7 @@ def test_one_converter_for_botnet_and_halonet():
 
 
 def _sizes_seen(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int]]:
-    seen = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: seen.__setitem__(n, tuple(args[0].shape[-2:])))
-             for n, m in _halo_layers(model).items()]
-    with torch.no_grad():
-        out = model.eval()(x)
-    for h in hooks:
-        h.remove()
-    assert out.shape == (x.shape[0], 5) and torch.isfinite(out).all()
-    return seen
+    return sizes_seen(model, x, _halo_layers(model), 5)
 
 
 @pytest.mark.parametrize("size, seen", [

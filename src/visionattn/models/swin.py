@@ -44,11 +44,11 @@ from einops import rearrange
 from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
-from visionattn.layers.helpers import check_bool, check_images, check_positive_int, pair
+from visionattn.layers.helpers import check_bool, check_positive_int, pair
 from visionattn.layers.relative_position import resample_bias_table
 from visionattn.layers.window_attention import SwinBlock, WindowAttention
 from visionattn.models.pretrained import PretrainedCfg
-from visionattn.models.vit import NORM_STATS, PatchEmbed, take_indices
+from visionattn.models.vit import NORM_STATS, PatchEmbed, PatchInput, take_indices
 
 __all__ = ["SwinPatchEmbed", "PatchMerging", "SwinStage", "SwinTransformer", "convert_official_swin_state_dict"]
 
@@ -150,7 +150,7 @@ def _stage_args(depths: Sequence[int], heads: Sequence[int]) -> tuple[tuple[int,
     return tuple(depths), tuple(heads)
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(PatchInput, nn.Module):
     """Swin: patch embedding, stages of (shifted) window attention with patch merging between them, a linear head.
 
     Args:
@@ -173,6 +173,8 @@ class SwinTransformer(nn.Module):
         - Input: (B, in_chans, H, W)
         - Output: (B, num_classes)
     """
+
+    size_hint = "sides padded to the patch and the windows"
 
     supports_variable_size = True
     # the smallest input whose every parameter gets a gradient in the contract: at 32x32 Swin's last stage is one
@@ -238,18 +240,6 @@ class SwinTransformer(nn.Module):
         """Every block's window, shift and the reason a shift or window was changed from M (``note``)."""
         return [{"block": f"layers.{i}.blocks.{j}", "window_size": b.window_size, "shift_size": b.shift_size,
                  "note": b.shift_note} for i, stage in enumerate(self.layers) for j, b in enumerate(stage.blocks)]
-
-    def feature_grid(self, size: Sequence[int]) -> Size:
-        """The patch grid of an (H, W) input: (ceil(H / p), ceil(W / p)), padding included."""
-        return (math.ceil(size[0] / self.patch_size), math.ceil(size[1] / self.patch_size))
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """A UsageError unless ``x`` is (B, in_chans, H, W), of ``img_size`` when ``strict_img_size``."""
-        check_images(x, self.in_chans)
-        if self.strict_img_size and tuple(x.shape[-2:]) != self.img_size:
-            raise UsageError(f"strict_img_size: the network takes {self.img_size[0]}x{self.img_size[1]} images, "
-                             f"got {x.shape[-2]}x{x.shape[-1]}; build it with img_size={tuple(x.shape[-2:])} or "
-                             "strict_img_size=False (sides padded to the patch and the windows)")
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The patch embedding of the (padded) images, (B, H / p, W / p, C)."""

@@ -50,7 +50,7 @@ from visionattn.models.pretrained import (
     PretrainedCfg,
 )
 
-__all__ = ["PatchEmbed", "VisionTransformer", "POOLS", "NORM_STATS", "lecun_normal_", "take_indices"]
+__all__ = ["PatchEmbed", "PatchInput", "VisionTransformer", "POOLS", "NORM_STATS", "lecun_normal_", "take_indices"]
 
 POOLS = ("token", "avg")
 # the data a model's weights are for: (mean, std, crop_pct, interpolation) of its pretrained_cfg.
@@ -93,7 +93,31 @@ class PatchEmbed(nn.Module):
         return rearrange(self.proj(x), "b d h w -> b (h w) d")
 
 
-class VisionTransformer(nn.Module):
+class PatchInput:
+    """The input rules of a patch-embedding network (ViT, Swin): the patch grid of an image and the check of an
+    input against ``in_chans`` and, with ``strict_img_size``, ``img_size``. ``size_hint`` says what a
+    non-strict model does with another size."""
+
+    patch_size: int
+    in_chans: int
+    img_size: tuple[int, int]
+    strict_img_size: bool
+    size_hint = "position embeddings resampled, sides padded to the patch"
+
+    def feature_grid(self, size: Sequence[int]) -> tuple[int, int]:
+        """The grid of patch tokens for an (H, W) input: (ceil(H / p), ceil(W / p)), padding included."""
+        return (math.ceil(size[0] / self.patch_size), math.ceil(size[1] / self.patch_size))
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """A UsageError unless ``x`` is (B, in_chans, H, W), of ``img_size`` when ``strict_img_size``."""
+        check_images(x, self.in_chans)
+        if self.strict_img_size and tuple(x.shape[-2:]) != self.img_size:
+            raise UsageError(f"strict_img_size: the network takes {self.img_size[0]}x{self.img_size[1]} images, "
+                             f"got {x.shape[-2]}x{x.shape[-1]}; build it with img_size={tuple(x.shape[-2:])} or "
+                             f"strict_img_size=False ({self.size_hint})")
+
+
+class VisionTransformer(PatchInput, nn.Module):
     """ViT: patches, a class token and learned positions, pre-norm transformer blocks, a linear head.
 
     Args:
@@ -202,18 +226,6 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """The parameters timm (and the official code) train without weight decay."""
         return {"pos_embed", "cls_token"}
-
-    def feature_grid(self, size: Sequence[int]) -> tuple[int, int]:
-        """The grid of patch tokens for an (H, W) input: (ceil(H / p), ceil(W / p)), padding included."""
-        return (math.ceil(size[0] / self.patch_size), math.ceil(size[1] / self.patch_size))
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """A UsageError unless ``x`` is (B, in_chans, H, W), of ``img_size`` when ``strict_img_size``."""
-        check_images(x, self.in_chans)
-        if self.strict_img_size and tuple(x.shape[-2:]) != self.img_size:
-            raise UsageError(f"strict_img_size: the network takes {self.img_size[0]}x{self.img_size[1]} images, "
-                             f"got {x.shape[-2]}x{x.shape[-1]}; build it with img_size={tuple(x.shape[-2:])} or "
-                             "strict_img_size=False (position embeddings resampled, sides padded to the patch)")
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The position embeddings for a ``grid`` of patches (resampled from the built grid if it differs)."""
