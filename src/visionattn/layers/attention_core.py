@@ -111,7 +111,9 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | Non
     # softmax in fp32 for half inputs (a bf16 row sum drifts by 1e-2), in the input's precision otherwise
     weights = logits.softmax(-1).to(dtype)
     if allowed is not None:  # a row with nothing to attend is all -inf: softmax gives NaN, the fused path 0
-        weights = weights.masked_fill(~allowed.expand_as(weights).any(-1, keepdim=True), 0.0)
+        empty = ~allowed.any(-1, keepdim=True)  # on the mask's own (broadcastable) shape, not the weights'
+        if torch.compiler.is_compiling() or empty.any():  # no data-dependent branch in a compiled graph
+            weights = weights.masked_fill(empty, 0.0)
     return weights
 
 
