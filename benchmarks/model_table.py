@@ -67,9 +67,10 @@ def small_table() -> str:
 
 
 def attention_names() -> list[str]:
-    """The token-attention models: ViTs, hybrids, BoTNets and non-local ResNets."""
+    """The token-attention models: ViTs, hybrids, BoTNets, non-local ResNets, Swins, HaloNets, axial ResNets."""
     return [*list_models("vit"), *list_models("vit-hybrid"),
-            *(n for n in list_models() if n.startswith(("botnet", "nonlocal_")))]
+            *(n for n in list_models() if n.startswith(("botnet", "nonlocal_"))), *list_models("swin"),
+            *(n for n in list_models() if n.startswith(("halonet", "axial")))]
 
 
 def attention_table() -> str:
@@ -103,7 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--which", choices=("imagenet", "small", "sasa", "attention", "both"), default="both",
                         help="which table (default both: imagenet and small; sasa: parameters by module kind; "
-                             "attention: the ViTs, hybrids, BoTNets and non-local ResNets)")
+                             "attention: the ViTs, hybrids, BoTNets, non-local ResNets, Swins, HaloNets and "
+                             "axial ResNets)")
     args = parser.parse_args()
     if args.which == "attention":
         print("Token-attention models at their own input (1000 classes at 224/256, 10 at 28x28)\n")

@@ -54,8 +54,7 @@ from visionattn.layers.axial_attention import AxialAttention2d
 from visionattn.models.blocks import Bottleneck
 from visionattn.models.plug import AttnPlug
 from visionattn.models.resnet import ResNet
-from visionattn.models.zoo import IMAGENET, SMALL
-from visionattn.registry import register_model
+from visionattn.models.zoo import IMAGENET, SMALL, register_resnet
 
 __all__ = ["AxialBottleneck", "AxialResNet", "AXIAL_MODELS", "convert_official_axial_state_dict"]
 
@@ -169,10 +168,5 @@ AXIAL_MODELS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def _register_all() -> None:
-    for name, (config, description) in AXIAL_MODELS.items():
-        family = "resnet-small" if config.get("small_input") else "resnet"
-        register_model(name, paper=_PAPER, description=description, family=family, defaults=config)(AxialResNet)
-
-
-_register_all()
+for _name, (_config, _description) in AXIAL_MODELS.items():
+    register_resnet(_name, _config, _PAPER, _description, AxialResNet)

@@ -36,8 +36,7 @@ import torch
 from visionattn.errors import UsageError
 from visionattn.models.byoanet import convert_timm_byoanet_state_dict
 from visionattn.models.resnet import ResNet
-from visionattn.models.zoo import BACKBONES
-from visionattn.registry import register_model
+from visionattn.models.zoo import BACKBONES, register_resnet
 
 __all__ = ["BoTNet", "BOTNET_MODELS", "convert_timm_botnet_state_dict"]
 
@@ -101,10 +100,5 @@ BOTNET_MODELS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def _register_all() -> None:
-    for name, (config, description) in BOTNET_MODELS.items():
-        family = "resnet-small" if config.get("small_input") else "resnet"
-        register_model(name, paper=_PAPER, description=description, family=family, defaults=config)(BoTNet)
-
-
-_register_all()
+for _name, (_config, _description) in BOTNET_MODELS.items():
+    register_resnet(_name, _config, _PAPER, _description, BoTNet)

@@ -41,8 +41,7 @@ import torch
 from visionattn.errors import UsageError
 from visionattn.models.byoanet import convert_timm_byoanet_state_dict
 from visionattn.models.resnet import ResNet
-from visionattn.models.zoo import BACKBONES
-from visionattn.registry import register_model
+from visionattn.models.zoo import BACKBONES, register_resnet
 
 __all__ = ["HaloNet", "HALONET_MODELS", "convert_timm_halonet_state_dict"]
 
@@ -116,10 +115,5 @@ HALONET_MODELS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def _register_all() -> None:
-    for name, (config, description) in HALONET_MODELS.items():
-        family = "resnet-small" if config.get("small_input") else "resnet"
-        register_model(name, paper=_PAPER, description=description, family=family, defaults=config)(HaloNet)
-
-
-_register_all()
+for _name, (_config, _description) in HALONET_MODELS.items():
+    register_resnet(_name, _config, _PAPER, _description, HaloNet)

@@ -25,8 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from visionattn.models.resnet import ResNet
-from visionattn.models.zoo import BACKBONES
-from visionattn.registry import register_model
+from visionattn.models.zoo import BACKBONES, register_resnet
 
 __all__ = ["NONLOCAL", "NONLOCAL_MODELS", "NONLOCAL_RESNET50_PARAMS", "NonLocalResNet"]
 
@@ -57,11 +56,5 @@ NONLOCAL_MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-def _register_all() -> None:
-    for name, (backbone, description) in NONLOCAL_MODELS.items():
-        config = {**BACKBONES[backbone][0], **NONLOCAL}
-        family = "resnet-small" if config.get("small_input") else "resnet"
-        register_model(name, paper=_PAPER, description=description, family=family, defaults=config)(NonLocalResNet)
-
-
-_register_all()
+for _name, (_backbone, _description) in NONLOCAL_MODELS.items():
+    register_resnet(_name, {**BACKBONES[_backbone][0], **NONLOCAL}, _PAPER, _description, NonLocalResNet)

@@ -35,7 +35,7 @@ from typing import Any
 from visionattn.models.resnet import ResNet
 from visionattn.registry import register_model
 
-__all__ = ["PUBLISHED", "Published", "BACKBONES", "IMAGENET", "SMALL", "NAMES", "TIMM_NAMES"]
+__all__ = ["PUBLISHED", "Published", "BACKBONES", "IMAGENET", "SMALL", "NAMES", "TIMM_NAMES", "register_resnet"]
 
 IMAGENET: dict[str, Any] = {"num_classes": 1000, "in_chans": 3, "img_size": 224}
 SMALL: dict[str, Any] = {"num_classes": 10, "in_chans": 1, "img_size": 28, "small_input": True}
@@ -155,10 +155,16 @@ def _attn_config(attn: str, backbone: str) -> dict[str, Any]:
     return config
 
 
-def _register(name: str, config: dict[str, Any], paper: str, description: str) -> None:
+def register_resnet(name: str, config: dict[str, Any], paper: str, description: str, factory: type = ResNet) -> None:
+    """Register a ResNet-family network: family ``"resnet-small"`` for small-image configurations, else
+    ``"resnet"`` (the rule every ResNet-based model file uses; ``factory`` is ResNet or a subclass)."""
     family = "resnet-small" if config.get("small_input") else "resnet"
+    register_model(name, paper=paper, description=description, family=family, defaults=config)(factory)
+
+
+def _register(name: str, config: dict[str, Any], paper: str, description: str) -> None:
     NAMES.append(name)
-    register_model(name, paper=paper, description=description, family=family, defaults=config)(ResNet)
+    register_resnet(name, config, paper, description)
 
 
 def _register_all() -> None:
