@@ -210,3 +210,13 @@ def test_bad_heads_and_span_are_usage_errors():
         visionattn.create_model("axial29", heads=3)
     with pytest.raises(UsageError, match="span"):
         visionattn.create_model("axial29", span=4)
+
+
+def test_multiply_adds_are_counted_on_the_meta_device():
+    # `visionattn info` and benchmarks/model_table.py count on "meta", where torch.autocast does not exist
+    from visionattn.complexity import mac_counts
+
+    with torch.device("meta"):
+        model = visionattn.create_model("axial29")
+        counts = mac_counts(model, torch.empty(2, 1, 28, 28))
+    assert counts.total > counts.attention > 0

@@ -47,6 +47,8 @@ the rest is channel-sized (lines, projections, BatchNorm inputs). The forward's 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -219,7 +221,10 @@ class AxialAttention(nn.Module):
         # attended pairs of a line: every one, or n (2r + 1) less the r (r + 1) that fall off its two ends
         pairs = n * n if radius is None else n * (2 * radius + 1) - radius * (radius + 1)
         dtype = torch.promote_types(q.dtype, torch.float32)
-        with torch.autocast(q.device.type, enabled=False):
+        # autocast off where it exists ("meta", used to count a model's size, has none)
+        no_autocast = torch.autocast(q.device.type, enabled=False) if q.device.type in ("cpu", "cuda") \
+            else contextlib.nullcontext()
+        with no_autocast:
             q, k, e_q, e_k = (t.to(dtype) for t in (q, k, e_q, e_k))
             terms = (_pair_moments(q, k, None if mask is None else self.span),
                      _offset_moments(q, e_q, mask), _offset_moments(k, e_k, mask))
