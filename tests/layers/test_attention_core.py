@@ -100,6 +100,35 @@ def test_weights_rows_sum_to_one_in_bf16():
     torch.testing.assert_close(w.float().sum(-1), torch.ones(w.shape[:-1]), atol=1e-2, rtol=0)
 
 
+def test_a_mask_folded_into_a_smaller_bias_gives_the_same_values_and_finite_gradients():
+    """The explicit path folds the mask into a bias smaller than the logits (one pass over them fewer); with a
+    bias as large as the logits it does not: both give the same outputs and gradients, a row with no key
+    included (0, and no NaN in any gradient)."""
+    q, k, v = (t.float().requires_grad_() for t in _qkv(n=5, seed=7))
+    bias = torch.randn(1, 3, 5, 5, generator=torch.Generator().manual_seed(8)).requires_grad_()
+    mask = torch.rand(5, 5, generator=torch.Generator().manual_seed(9)) > 0.5
+    mask[:, 1], mask[3] = True, False  # every row but row 3 has a key
+    results = []
+    for b in (bias, bias.expand(2, 3, 5, 5)):  # folded, and not (the same numel as the logits)
+        out = attention(q, k, v, bias=b, mask=mask, impl="explicit")
+        results.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v, bias))))
+    for a, b in zip(*results):
+        assert torch.isfinite(a).all() and torch.isfinite(b).all()
+        torch.testing.assert_close(a, b)
+    assert (results[0][0][:, :, 3] == 0).all()
+    direct = _loop(*(t.detach().double() for t in (q, k, v, bias)), allowed=mask)
+    torch.testing.assert_close(results[0][0], direct.float())
+
+
+def test_explicit_path_under_autocast_matches_the_fused_one():
+    """Under autocast the product runs in bf16 whatever the inputs, so q and k are not converted first; the
+    result stays the fused kernel's to bf16 accuracy."""
+    q, k, v = _qkv(n=9, d=8, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = {impl: attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), impl=impl) for impl in ("explicit", "fused")}
+    torch.testing.assert_close(out["explicit"].float(), out["fused"].float(), atol=2e-2, rtol=2e-2)
+
+
 def test_fused_and_explicit_gradients_agree():
     q, k, v = (t.float().requires_grad_() for t in _qkv(n=9, seed=5))
     bias = torch.randn(1, 3, 9, 9)

@@ -95,6 +95,18 @@ def test_matches_a_dense_attention_with_the_implied_mask_and_bias(size, window, 
     torch.testing.assert_close(layer(x), _dense(layer, x))
 
 
+def test_one_layer_at_many_map_sizes_keeps_a_bounded_set_of_masks():
+    """The window masks are kept per map size: a layer called at one size after others computes what it
+    computes fresh, and keeps at most a few masks however many sizes it sees."""
+    from visionattn.layers import window_attention
+
+    layer = _layer(3, 1)
+    sizes = [(4 + i, 5 + (i % 3)) for i in range(window_attention._MASKS_KEPT + 3)]
+    for size in sizes + sizes[:2]:
+        torch.testing.assert_close(layer(_map(size)), _dense(layer, _map(size)))
+        assert 1 <= len(layer._masks) <= window_attention._MASKS_KEPT
+
+
 @pytest.mark.parametrize("size, window, shift", [CASES[1], CASES[3], CASES[4]])
 def test_gradients_match_the_dense_attention(size, window, shift):
     layer = _layer(window, shift)

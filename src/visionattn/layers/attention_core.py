@@ -30,6 +30,7 @@ mask, so the output still comes from the fused path and recording costs nothing 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -99,22 +100,34 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | Non
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     dtype = q.dtype
     # logits in fp32 for half inputs, as the fused kernels keep them: a bf16 logit of 10 is off by up to 0.04,
-    # which moves its softmax weight by 4 %; the scale on q (N_q d products) rather than on the logits (N_q N_k)
-    if q.dtype in _HALF:
+    # which moves its softmax weight by 4 %; the scale on q (N_q d products) rather than on the logits (N_q N_k).
+    # Under autocast the product is taken in the autocast dtype whatever its inputs are (timm's explicit
+    # attention computes the same): converting q and k first would be two copies for nothing
+    if q.dtype in _HALF and not torch.is_autocast_enabled(q.device.type):
         q, k = q.float(), k.float()
     logits = torch.matmul(q * scale, k.transpose(-2, -1))
+    allowed = _combined_mask(q.shape[-2], k.shape[-2], mask, causal, q.device)
+    empty = None if allowed is None else ~allowed.any(-1, keepdim=True)  # rows with no key they may attend
+    if allowed is not None and bias is not None and _smaller(bias, allowed, logits):
+        # the mask folded into the (smaller) bias: one pass over the logits instead of two; a row with no key
+        # keeps its bias (a finite softmax, zeroed below), so that no NaN reaches the gradients
+        bias, allowed = bias.masked_fill(~allowed & ~empty, float("-inf")), None
     if bias is not None:
         logits = logits + bias
-    allowed = _combined_mask(q.shape[-2], k.shape[-2], mask, causal, q.device)
     if allowed is not None:
         logits = logits.masked_fill(~allowed, float("-inf"))
     # softmax in fp32 for half inputs (a bf16 row sum drifts by 1e-2), in the input's precision otherwise
     weights = logits.softmax(-1).to(dtype)
-    if allowed is not None:  # a row with nothing to attend is all -inf: softmax gives NaN, the fused path 0
-        empty = ~allowed.any(-1, keepdim=True)  # on the mask's own (broadcastable) shape, not the weights'
-        if torch.compiler.is_compiling() or empty.any():  # no data-dependent branch in a compiled graph
-            weights = weights.masked_fill(empty, 0.0)
+    # a row with nothing to attend is all -inf (or, folded, uniform): zero it, as the fused path does; checked on
+    # the mask's own (broadcastable) shape, and always under compile (no data-dependent branch in a graph)
+    if empty is not None and (torch.compiler.is_compiling() or empty.any()):
+        weights = weights.masked_fill(empty, 0.0)
     return weights
+
+
+def _smaller(bias: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor) -> bool:
+    """Whether bias and mask broadcast together to fewer elements than the logits."""
+    return math.prod(torch.broadcast_shapes(bias.shape, mask.shape)) < logits.numel()
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
@@ -252,4 +265,3 @@ class AttentionRecorder:
     def __exit__(self, *exc: object) -> None:
         for step in self._steps.values():
             step.recorder = None
-

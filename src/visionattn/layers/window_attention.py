@@ -56,6 +56,7 @@ __all__ = ["window_partition", "window_reverse", "window_labels", "window_mask",
            "WindowAttention2d", "SwinBlock"]
 
 Size = tuple[int, int]
+_MASKS_KEPT = 8  # window masks a layer keeps (one per map size it has seen)
 _PAPER = "Liu et al. 2021, Swin Transformer: Hierarchical Vision Transformer using Shifted Windows"
 
 
@@ -171,6 +172,7 @@ class WindowAttention(MultiHeadSelfAttention):
         self.relative_position_bias_table = nn.Parameter(torch.empty((2 * m_h - 1) * (2 * m_w - 1), heads))
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # the official code's and timm's
+        self._masks: dict[tuple[Size, Size, Size, torch.device], torch.Tensor | None] = {}
 
     def position_bias(self) -> torch.Tensor:
         """B of eq. 4 for one window, (heads, N, N)."""
@@ -193,14 +195,23 @@ class WindowAttention(MultiHeadSelfAttention):
         q, k, v = rearrange(self.qkv(windows), "b w n (three h d) -> three b (w h) n d", three=3,
                             h=self.heads).unbind(0)
         bias = self.position_bias().repeat(n_win, 1, 1)  # window-major, as the (w h) axis of q
-        mask = window_mask((height, width), window, shift, x.device)
-        if mask is not None:
-            mask = mask.repeat_interleave(self.heads, dim=0)
+        mask = self._mask((height, width), window, shift, x.device)
         out = rearrange(self.attend(q, k, v, bias, mask), "b (w h) n d -> b w n (h d)", h=self.heads)
         out = window_reverse(self.proj_drop(self.proj(out)), window, padded)
         if any(shift):
             out = torch.roll(out, shift, (1, 2))
         return out[:, :height, :width]
+
+    def _mask(self, size: Size, window: Size, shift: Size, device: torch.device) -> torch.Tensor | None:
+        """:func:`window_mask` in the core's (windows * heads) layout, built once per map size, window, shift
+        and device (it depends on nothing else; a shifted block of Swin-T rebuilt it every call)."""
+        key = (size, window, shift, device)
+        if key not in self._masks:
+            if len(self._masks) >= _MASKS_KEPT:  # many image sizes: keep the memory bounded
+                self._masks.clear()
+            mask = window_mask(size, window, shift, device)
+            self._masks[key] = None if mask is None else mask.repeat_interleave(self.heads, dim=0)
+        return self._masks[key]
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, window_size={self.window_size}, shift_size={self.shift_size}"
