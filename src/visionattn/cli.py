@@ -3,6 +3,8 @@
 Each sub-command is a ``Command`` in ``COMMANDS``: its help, its ``add_arguments(parser)`` and ``run(args)``, which
 returns the exit status. Parsing imports nothing heavy: the argument types below are plain Python, so ``--help``,
 ``--version`` and a malformed option are answered before torch loads; a command imports the engine when it runs.
+A command with sub-commands of its own (``igpt train|sample|complete|probe``) parses them into ``subcommand``,
+which the error prefix names too (``visionattn igpt train: error: ...``).
 
 Errors take one path (:func:`main`): a user's mistake (:class:`~visionattn.errors.UsageError`, any ``ValueError``
 or ``OSError``) prints ``visionattn CMD: error: MESSAGE`` and exits with status 2; Ctrl-C prints one line and
@@ -189,6 +191,18 @@ def _train_run(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _igpt_args(p: argparse.ArgumentParser) -> None:
+    from visionattn.igpt_commands import add_arguments
+
+    add_arguments(p)
+
+
+def _igpt_run(args: argparse.Namespace) -> int:
+    from visionattn.igpt_commands import run
+
+    return run(args)
+
+
 def _compare_args(p: argparse.ArgumentParser) -> None:
     from visionattn.recipe import add_train_arguments
 
@@ -244,6 +258,8 @@ COMMANDS: dict[str, Command] = {
     "info": Command("parameters, multiply-adds and a per-stage table of a model", _info_args, _info_run),
     "train": Command("train a model on Fashion-MNIST or an image folder (torchrun-ready, resumable)", _train_args,
                      _train_run, needs_train_extra=True),
+    "igpt": Command("Image GPT: train by next-pixel prediction, sample, complete test images, linear probe",
+                    _igpt_args, _igpt_run, needs_train_extra=True),
 }
 
 
@@ -293,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:  # --help, --version, or argparse's own error (already printed, status 2)
         return stop.code if isinstance(stop.code, int) else 2
     command = COMMANDS[args.command]
-    prefix = f"visionattn {args.command}"
+    prefix = " ".join(["visionattn", args.command, *([args.subcommand] if getattr(args, "subcommand", None) else [])])
     try:
         if command.needs_train_extra:
             _check_train_extra()

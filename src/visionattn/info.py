@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from visionattn.complexity import MacCounter, check_shape, count_params, format_table
-from visionattn.errors import check_positive
+from visionattn.errors import UsageError, check_positive
 from visionattn.registry import create_model, get_model_entry
 
 __all__ = ["ModelInfo", "build_for_input", "model_info", "format_info", "describe"]
@@ -63,22 +63,37 @@ def build_for_input(name: str, input_size: InputSize | None = None, **kwargs: An
         if _accepts(entry.factory, "img_size"):
             kwargs.setdefault("img_size", input_size[1:])
     model = create_model(name, **kwargs)
+    if getattr(model, "generative", False):  # Image GPT: one palette token per pixel of its configured image
+        size = (1, *model.image_size)
+        if input_size is not None and tuple(input_size) != size:
+            raise UsageError(f"--input: got {'x'.join(map(str, input_size))}, but {name} reads {size[1]}x{size[2]} "
+                             "images, one palette token per pixel: its configuration (seq_len) fixes the size; "
+                             "leave --input out")
+        return model, size  # type: ignore[return-value]
     if input_size is None:
         input_size = tuple(getattr(model, "input_size", (3, 224, 224)))  # type: ignore[assignment]
     return model, input_size  # type: ignore[return-value]
 
 
+def _example(model: nn.Module, input_size: InputSize) -> torch.Tensor:
+    """One input for the count: an image, or for a generative model the tokens of one image."""
+    if getattr(model, "generative", False):
+        return torch.zeros(1, input_size[1] * input_size[2], dtype=torch.long, device=_device(model))
+    return torch.randn(1, *input_size, device=_device(model))
+
+
 def _stage_modules(model: nn.Module) -> list[tuple[str, list[nn.Module]]]:
     """The rows: a model's own ``info_groups()`` (a ResNet: stem, layer1 ... layerN, head), else its top-level
-    children with a top-level ``nn.Sequential`` of composite parts opened one level."""
+    children with a top-level ``nn.Sequential`` of composite parts, or any ``nn.ModuleList`` (a list is never
+    called itself: its parts are), opened one level."""
     groups = getattr(model, "info_groups", None)
     if callable(groups):
         return [(name, list(modules)) for name, modules in groups()]
     rows: list[tuple[str, list[nn.Module]]] = []
     for name, child in model.named_children():
-        parts = list(child.named_children()) if isinstance(child, nn.Sequential) else []
-        if parts and all(any(True for _ in part.children()) for _, part in parts):
-            rows += [(n, [p]) for n, p in parts]
+        parts = list(child.named_children()) if isinstance(child, (nn.Sequential, nn.ModuleList)) else []
+        if isinstance(child, nn.ModuleList) or parts and all(any(True for _ in p.children()) for _, p in parts):
+            rows += [(f"{name}.{n}", [p]) for n, p in parts]
         else:
             rows.append((name, [child]))
     return rows
@@ -120,7 +135,7 @@ def model_info(model: nn.Module, input_size: InputSize) -> ModelInfo:
     model.eval()
     try:
         with counter:
-            model(torch.randn(1, *input_size, device=_device(model)))
+            model(_example(model, input_size))
     finally:
         model.train(was_training)
         for h in handles:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainConfig", "RECIPES", "recipe_settings",
            "OPTIMIZERS", "PRECISIONS", "CHANNEL_MODES", "add_train_arguments", "config_from_args",
-           "build_optimizer", "build_scheduler", "RESUME_OVERRIDES", "flag", "check_device_syntax"]
+           "build_optimizer", "build_scheduler", "total_steps", "RESUME_OVERRIDES", "flag", "check_device_syntax"]
 
 OPTIMIZERS = ("sgd", "adamw")
 CHANNEL_MODES = ("auto", "grey", "rgb")  # as visionattn.data.folder reads them (that module imports torch)
@@ -111,7 +111,14 @@ class TrainConfig:
     with N processes each takes ``batch_size / N``. Every value is checked when the config is made
     (:meth:`validate`); whether the model, the device, the data, the pretrained file and the run directory exist
     and fit is checked by :func:`visionattn.train.preflight` before a run starts.
+
+    ``max_steps`` ends the run after that many optimizer steps when the epochs have not ended before: the
+    schedule then spans those steps and the last epoch is a partial one (a budget for a run on the clock).
+    ``task`` (a class attribute, not a setting) names what the run learns (:mod:`visionattn.tasks`); a subclass
+    for another task adds its own settings (:class:`visionattn.igpt_recipe.NextPixelConfig`).
     """
+
+    task = "classification"
 
     model: str = ""
     data: str = "fashion-mnist"
@@ -124,6 +131,7 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None
     epochs: int = 15
+    max_steps: int | None = None
     batch_size: int = 128
     eval_batch_size: int = 500
     optimizer: str = "sgd"
@@ -179,7 +187,7 @@ class TrainConfig:
     def _check_counts(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "ckpt_every", "keep_checkpoints"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("image_size", "train_subset", "threads"):
+        for name in ("image_size", "train_subset", "threads", "max_steps"):
             _check_int(name, getattr(self, name), minimum=1, optional=True)
         _check_int("crop_padding", self.crop_padding, minimum=0)
         _check_int("seed", self.seed, minimum=0)
@@ -235,6 +243,8 @@ _OPTIONS: list[tuple[str, Any, str]] = [
                           "size (the networks are fully convolutional); --image-size resizes image folders "
                           "(default: random initialisation)"),
     ("--epochs", int, "training epochs"),
+    ("--max-steps", int, "stop after this many optimizer steps if the epochs have not ended before; the schedule "
+                         "spans them and the last epoch is partial (default: --epochs whole epochs)"),
     ("--batch-size", int, "global batch size (divided among processes under torchrun)"),
     ("--eval-batch-size", int, "batch size for evaluation"),
     ("--optimizer", str, "sgd (with momentum) or adamw"),
@@ -260,10 +270,12 @@ _OPTIONS: list[tuple[str, Any, str]] = [
 ]
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = (),
+                        kind: type[TrainConfig] = TrainConfig) -> None:
     """The ``visionattn train`` options but those in ``exclude`` (e.g. ``("--model", "--resume")`` for a command
-    that sets them itself); only options given on the command line reach the namespace."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    that sets them itself), with the defaults of ``kind`` (a :class:`TrainConfig` or a task's subclass); only
+    options given on the command line reach the namespace."""
+    defaults = {f.name: f.default for f in fields(kind)}
     for option, kind, text in _OPTIONS:
         if option in exclude:
             continue
@@ -275,10 +287,11 @@ def add_train_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...
     parser.add_argument("--model-arg", action="append", default=argparse.SUPPRESS, metavar="KEY=VALUE",
                         help="extra keyword for the model factory, e.g. attn=se; the value is read as JSON when it "
                              "can be; repeat for several (default none)")
-    parser.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME",
-                        help=f"named starting settings, overridden by the options given: {', '.join(RECIPES)} "
-                             "(vit: AdamW lr 1e-3, weight decay 0.05, 3 warm-up epochs, label smoothing 0.1, "
-                             "40 epochs) (default default: the SGD recipe above)")
+    if "--recipe" not in exclude:
+        parser.add_argument("--recipe", default=argparse.SUPPRESS, metavar="NAME",
+                            help=f"named starting settings, overridden by the options given: {', '.join(RECIPES)} "
+                                 "(vit: AdamW lr 1e-3, weight decay 0.05, 3 warm-up epochs, label smoothing 0.1, "
+                                 "40 epochs) (default default: the SGD recipe above)")
     if "--resume" not in exclude:
         parser.add_argument("--resume", metavar="RUN_DIR", default=None,
                             help="continue the run in RUN_DIR from its last checkpoint, with its saved configuration "
@@ -317,10 +330,12 @@ def _parse_model_args(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainConfig:
-    """Build the config from the options given; with ``saved`` (a resumed run's config) they may only change
-    :data:`RESUME_OVERRIDES`, since anything else would make the resumed run differ from the one it continues."""
-    names = {f.name for f in fields(TrainConfig)}
+def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None,
+                     kind: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """Build the config (a ``kind``: :class:`TrainConfig` or a task's subclass) from the options given; with
+    ``saved`` (a resumed run's config) they may only change :data:`RESUME_OVERRIDES`, since anything else would
+    make the resumed run differ from the one it continues."""
+    names = {f.name for f in fields(kind)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if "recipe" in vars(args):  # the preset's values, under the options given
         given = {**recipe_settings(args.recipe), **given}
@@ -329,15 +344,21 @@ def config_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = No
     if isinstance(given.get("pretrained"), str) and given["pretrained"]:
         given["pretrained"] = os.path.abspath(given["pretrained"])  # as the saved configuration holds it
     if saved is None:
-        if not given.get("model"):
+        if not given.get("model", kind.model):
             raise UsageError("--model: missing; needed a registered model name (or --resume RUN_DIR)")
-        return TrainConfig(**given)
+        return kind(**given)
     conflicts = [k for k, v in given.items() if k not in RESUME_OVERRIDES and saved.get(k) != v]
     if conflicts:
         raise UsageError(f"--resume: the options {', '.join(flag(k) for k in conflicts)} differ from the saved run's "
                          f"configuration; a resumed run keeps its recipe (only "
                          f"{', '.join(flag(k) for k in RESUME_OVERRIDES)} may change)")
-    return TrainConfig(**{**{k: v for k, v in saved.items() if k in names}, **given})
+    return kind(**{**{k: v for k, v in saved.items() if k in names}, **given})
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps of the whole run: ``epochs`` whole epochs, or ``max_steps`` when that comes first."""
+    whole = cfg.epochs * steps_per_epoch
+    return whole if cfg.max_steps is None else min(cfg.max_steps, whole)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -354,10 +375,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule: linear warm-up to ``lr`` over ``warmup_epochs``, then cosine decay to ``min_lr``."""
+    """Per-step schedule: linear warm-up to ``lr`` over ``warmup_epochs``, then cosine decay to ``min_lr`` at the
+    run's last step (``epochs`` whole epochs, or ``max_steps`` when that comes first)."""
     import torch
 
-    total = cfg.epochs * steps_per_epoch
+    total = total_steps(cfg, steps_per_epoch)
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
     floor = cfg.min_lr / cfg.lr
 

@@ -1,11 +1,14 @@
-"""The trainer behind ``visionattn train``: data-parallel, checkpointed and exactly resumable.
+"""The trainer behind ``visionattn train`` and ``visionattn igpt train``: data-parallel, checkpointed and exactly
+resumable, for any task (:mod:`visionattn.tasks`: classification; next-pixel prediction, :mod:`visionattn.igpt_task`).
 
 One process or many under ``torchrun`` run the same code. Each epoch the training set is ordered by PyTorch's
 ``DistributedSampler`` (seeded by seed + epoch) and every process takes its share of each global batch; the
 augmentation of every image is fixed by (seed, epoch, image), see :mod:`visionattn.data.augment`. A checkpoint
 holds the weights, the optimizer and schedule, the global RNG states and the position in the epoch, so a run
 killed at any moment and resumed computes exactly what the uninterrupted run computes (on CPU with the same
-thread count; GPU kernels may not be bitwise deterministic).
+thread count; GPU kernels may not be bitwise deterministic). What the run learns is its config's task: the
+model, the inputs and targets, the loss and the metrics; the loop, the checkpoints and the run directory are one.
+A run may end before its last epoch after ``max_steps`` steps (the schedule spans them).
 
 A run may start from a local weights file (``--pretrained``), loaded once the model is built with the seed
 (:func:`visionattn.models.pretrained.load_pretrained`; its report goes to the log); the images are then
@@ -46,12 +49,13 @@ from visionattn.checkpoint import (
     restore_rng,
     save_weights,
 )
-from visionattn.data import Augment, DataSplits, Normalize, epoch_generator, load_dataset
+from visionattn.data import DataSplits, load_dataset
 from visionattn.errors import UsageError
 from visionattn.formats import autocast, to_channels_last
-from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args
+from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args, total_steps
 from visionattn.runlog import RunLog, default_run_dir, read_metrics
-from visionattn.train_checks import build_model, clear_run_dir, finished_result, preflight, saved_config
+from visionattn.tasks import task_for
+from visionattn.train_checks import check_run_task, clear_run_dir, finished_result, preflight, saved_config
 from visionattn.train_guards import (
     CHECK_EVERY,
     DivergenceWatch,
@@ -66,7 +70,10 @@ __all__ = ["train", "run_cli", "preflight", "TrainResult", "Trainer", "TrainingD
 
 @dataclass
 class TrainResult:
-    """What a finished run hands back: the trained model, its per-epoch history and where it was written."""
+    """What a finished run hands back: the trained model, its per-epoch history and where it was written.
+
+    ``test_acc`` is the last epoch's test accuracy (next-pixel runs: the share of pixels predicted right);
+    ``extra`` is ``result.json`` (next-pixel runs: ``test_bpd``, bits per dimension, and its unit)."""
 
     model: nn.Module
     history: list[dict[str, Any]]
@@ -94,6 +101,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, log: RunLog, resume: bool = False,
                  overwrite: bool = False) -> None:
         self.cfg, self.info, self.log = cfg, info, log
+        self.task = task_for(cfg)(self)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.ckpt = CheckpointDir(log.folder / "checkpoints", keep=cfg.keep_checkpoints)
@@ -113,7 +121,7 @@ class Trainer:
         state = self.ckpt.load(self.model, cfg.model) if from_checkpoint else None
         if state is not None and CONVERTED in state:
             self.log.info(state[CONVERTED])
-        self._set_normalization(state)
+        self.task.prepare(state)
         if state is not None:
             self._restore(state)
         elif resume:
@@ -140,19 +148,15 @@ class Trainer:
         self.test_images = data.test.images.to(self.info.device)
         return data
 
-    def _set_normalization(self, state: dict[str, Any] | None) -> None:
-        """Normalise as the resumed run did (its checkpoint's record), else as :func:`train_checks.normalization`
-        says for this run (the ``--pretrained`` weights' statistics, or the training images' own)."""
-        saved = state.get("normalize") if state is not None else None
-        if saved is not None:
-            self.mean, self.std, self.norm_source = list(saved["mean"]), list(saved["std"]), str(saved["source"])
-        else:  # also for checkpoints from before the record: those runs used the data's statistics, as here
-            self.mean, self.std, self.norm_source = train_checks.normalization(self.model, self.pretrained_report,
-                                                                               self.data.train.images)
-        self.log.info(f"normalisation: mean {[round(v, 4) for v in self.mean]}, std {[round(v, 4) for v in self.std]}"
-                      f", {self.norm_source}" + (" (saved in the checkpoint resumed from)" if saved else ""))
-        self.normalize = Normalize(self.mean, self.std)
-        self.augment = Augment(self.normalize, self.cfg.crop_padding, self.cfg.flip, self.cfg.erasing)
+    @property
+    def mean(self) -> list[float]:
+        """The classification task's normalisation mean (per channel)."""
+        return self.task.mean
+
+    @property
+    def std(self) -> list[float]:
+        """The classification task's normalisation standard deviation (per channel)."""
+        return self.task.std
 
     def _build_model(self, read_pretrained: bool = True) -> None:
         cfg, info = self.cfg, self.info
@@ -167,11 +171,13 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise UsageError(f"--batch-size: got {cfg.batch_size}, needed at most the {len(self.data.train)} "
                              "training images" + (f" (of {info.world_size} processes)" if info.enabled else ""))
+        self.total_steps = total_steps(cfg, self.steps_per_epoch)
+        self.num_epochs = -(-self.total_steps // self.steps_per_epoch)  # the last one partial after max_steps
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # identical initial weights in every process
         # built for the data's image size too: some designs (GE-theta's global gather) fix it
-        model = build_model(cfg, self.data.train.image_shape, self.data.num_classes)
+        model = self.task.build_model(cfg, self.data.train.image_shape, self.data.num_classes)
         self.pretrained_report = None
         if cfg.pretrained and read_pretrained:
             self.pretrained_report = train_checks.load_pretrained_file(model, cfg.pretrained)
@@ -189,32 +195,31 @@ class Trainer:
         if info.enabled:
             ids = [info.device.index] if info.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def _write_config(self) -> None:
         params = sum(p.numel() for p in self.model.parameters())
+        steps = (f"; {self.total_steps} steps in all (--max-steps)" if self.total_steps < self.cfg.epochs *
+                 self.steps_per_epoch else "")
         self.log.info(f"model {self.cfg.model}: {params / 1e6:.3f} M parameters; {self.info.world_size} "
-                      f"process(es) on {self.info.device}; {self.steps_per_epoch} steps per epoch")
+                      f"process(es) on {self.info.device}; {self.steps_per_epoch} steps per epoch{steps}")
         self.log.write_json("config.json", {
-            "config": self.cfg.to_dict(), "data": self.data.describe(), "normalize": self._normalize_record(),
+            "config": self.cfg.to_dict(), "task": self.task.name, "data": self.data.describe(), **self.task.record(),
             "model": {"name": self.cfg.model, "parameters": params, "class": type(self.model).__name__},
             "world_size": self.info.world_size, "device": str(self.info.device),
             "steps_per_epoch": self.steps_per_epoch, "torch": torch.__version__})
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def _normalize_record(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "source": self.norm_source}
-
     def _metadata(self) -> dict[str, str]:
-        """The weights files' metadata: the model, and the normalisation a run fine-tuned from them needs."""
-        return {"model": self.cfg.model, "mean": json.dumps(self.mean), "std": json.dumps(self.std)}
+        """The weights files' metadata: the model, and what the task needs to use them (the normalisation a run
+        fine-tuned from them needs; a palette)."""
+        return {"model": self.cfg.model, **self.task.metadata()}
 
     def _state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "temperature": self.temperature.state_dict() if self.temperature else None,
                 "rng": capture_rng(), "accum": self.synced.clone(), "history": self.history,
-                "elapsed_s": self.elapsed, "config": self.cfg.to_dict(), "normalize": self._normalize_record()}
+                "elapsed_s": self.elapsed, "config": self.cfg.to_dict(), **self.task.record()}
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
@@ -257,36 +262,36 @@ class Trainer:
             self.ckpt.save(self.global_step, self.model, self._state(), self._metadata())
 
     # --------------------------------------------------------------------------------------------- the loop
-    def _forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        if self.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+    def _forward(self, net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        """``net(inputs)`` in the run's precision (and memory format, for images), as float32."""
+        if self.cfg.channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(self.info.device.type, self.cfg.precision):
-            return net(images).float()
+            return net(inputs).float()
 
     def _train_step(self, index: torch.Tensor, params: Any) -> torch.Tensor:
-        images = self.augment(self.train_images[index.to(self.info.device)], params, index)
-        labels = self.data.train.labels[index].to(self.info.device)
-        logits = self._forward(self.net, images)
-        loss = self.criterion(logits, labels)
+        loss, sums = self.task.batch_loss(index, params)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         if self.temperature is not None:
             self.temperature.step()
-        n = labels.numel()
-        self.local += torch.stack([loss.detach().double() * n, (logits.argmax(1) == labels).sum().double(),
-                                   torch.tensor(float(n), dtype=torch.float64, device=labels.device)])
+        self.local += sums
         return loss.detach()
+
+    def _steps_in_epoch(self) -> int:
+        """Steps of epoch ``self.epoch``: all of them, but in the last epoch of a run cut by ``max_steps``."""
+        return min(self.steps_per_epoch, self.total_steps - self.epoch * self.steps_per_epoch)
 
     def _train_epoch(self, bar: Any) -> None:
         """Run the rest of epoch ``self.epoch`` from ``self.step_in_epoch``, checkpointing every few steps."""
         self.sampler.set_epoch(self.epoch)
         order = torch.tensor(list(self.sampler), dtype=torch.long)
-        params = self.augment.sample(len(self.data.train), self.data.train.image_shape[1:],
-                                     epoch_generator(self.cfg.seed, self.epoch))
+        params = self.task.epoch_params(self.epoch)
+        steps = self._steps_in_epoch()
         self.net.train()
-        while self.step_in_epoch < self.steps_per_epoch:
+        while self.step_in_epoch < steps:
             start = self.step_in_epoch * self.batch
             loss = self._train_step(order[start:start + self.batch], params)
             self.step_in_epoch += 1
@@ -297,7 +302,7 @@ class Trainer:
             bar.update(1)
             if bar.n % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.4f}")
-            if self.global_step % self.cfg.ckpt_every == 0 and self.step_in_epoch < self.steps_per_epoch:
+            if self.global_step % self.cfg.ckpt_every == 0 and self.step_in_epoch < steps:
                 self._checkpoint()
 
     @torch.no_grad()
@@ -307,11 +312,7 @@ class Trainer:
         index = torch.arange(self.info.rank, len(self.data.test), self.info.world_size)
         total = torch.zeros(3, dtype=torch.float64, device=self.info.device)
         for chunk in index.split(self.cfg.eval_batch_size):
-            logits = self._forward(self.model, self.normalize(self.test_images[chunk.to(self.info.device)]))
-            labels = self.data.test.labels[chunk].to(self.info.device)
-            loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
-            total += torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(),
-                                  torch.tensor(float(len(chunk)), dtype=torch.float64, device=labels.device)])
+            total += self.task.eval_sums(chunk)
         loss_sum, correct, count = distributed.all_reduce_sum(total.tolist(), self.info.device)
         return loss_sum / max(count, 1), correct / max(count, 1)
 
@@ -321,8 +322,8 @@ class Trainer:
         self._check_finite(weights=True)
         loss_sum, correct, seen = distributed.all_reduce_sum(self.synced.tolist(), self.info.device)
         test_loss, test_acc = self.evaluate()
-        row = {"epoch": self.epoch + 1, "step": self.global_step, "train_loss": loss_sum / seen,
-               "train_acc": correct / seen, "test_loss": test_loss, "test_acc": test_acc,
+        row = {"epoch": self.epoch + 1, "step": self.global_step,
+               **self.task.metrics(loss_sum / seen, correct / seen, test_loss, test_acc),
                "lr": self.scheduler.get_last_lr()[0], "time_s": round(seconds, 3)}
         if self.temperature is not None:
             row["temperature"] = self.temperature.temperature
@@ -332,9 +333,7 @@ class Trainer:
         if self.info.is_main:
             self.ckpt.save(self.global_step, self.model, self._state(), self._metadata())
             self.log.write_metrics(self.history)
-        self.log.info(f"epoch {row['epoch']}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} acc "
-                      f"{100 * row['train_acc']:.2f}% | test loss {test_loss:.4f} acc {100 * test_acc:.2f}% "
-                      f"| {seconds:.1f}s")
+        self.log.info(f"epoch {row['epoch']}/{self.num_epochs}: {self.task.describe(row)} | {seconds:.1f}s")
         return row
 
     def run(self) -> TrainResult:
@@ -342,10 +341,10 @@ class Trainer:
         from tqdm import tqdm
 
         show = self.info.is_main and self.cfg.progress
-        bars = [tqdm(total=self.cfg.epochs, initial=self.epoch, desc="epochs", unit="ep", disable=not show)]
+        bars = [tqdm(total=self.num_epochs, initial=self.epoch, desc="epochs", unit="ep", disable=not show)]
         try:
-            while self.epoch < self.cfg.epochs:
-                bars.append(tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+            while self.epoch < self.num_epochs:
+                bars.append(tqdm(total=self._steps_in_epoch(), initial=self.step_in_epoch,
                                  desc=f"epoch {self.epoch + 1}", unit="step", leave=False, disable=not show,
                                  mininterval=1.0))
                 start = time.perf_counter()
@@ -354,27 +353,25 @@ class Trainer:
                 row = self._end_epoch(time.perf_counter() - start)
                 self.elapsed += row["time_s"]
                 bars[0].update(1)
-                bars[0].set_postfix(test_acc=f"{100 * row['test_acc']:.2f}%")
+                bars[0].set_postfix(**self.task.postfix(row))
             bars.pop().close()
             distributed.check_replicas_in_sync(self.model, self.info.device)
             return self._finish()
         except KeyboardInterrupt:
             raise interrupted(self.global_step, self.steps_per_epoch, self.ckpt.latest_step(),
-                              self.log.folder) from None
+                              self.log.folder, command=self.task.command) from None
         finally:  # closed before any message is printed, so no bar is left half drawn
             for bar in reversed(bars):
                 bar.close()
 
     def _finish(self) -> TrainResult:
-        accs = [row["test_acc"] for row in self.history]
         result = {"model": self.cfg.model, "data": self.data.name, "epochs": len(self.history),
-                  "test_acc": accs[-1] if accs else float("nan"), "best_test_acc": max(accs, default=float("nan")),
-                  "train_time_s": round(self.elapsed, 1), "world_size": self.info.world_size,
-                  "device": str(self.info.device)}
+                  **self.task.summary(self.history), "train_time_s": round(self.elapsed, 1),
+                  "world_size": self.info.world_size, "device": str(self.info.device)}
         if self.info.is_main:
             save_weights(self.log.folder / "model.safetensors", self.model, self._metadata())
             self.log.write_json("result.json", result)
-            self.log.info(f"done: test accuracy {100 * result['test_acc']:.2f}% after {result['epochs']} epochs, "
+            self.log.info(f"done: {self.task.headline(result)} after {result['epochs']} epochs, "
                           f"{result['train_time_s']:.0f}s of training; run directory {self.log.folder}")
         return TrainResult(self.model, self.history, result["test_acc"], self.log.folder, self.elapsed, result)
 
@@ -413,27 +410,30 @@ def _finished(cfg: TrainConfig, result: dict[str, Any], log: RunLog) -> TrainRes
     """A finished run's saved result and final weights; nothing is trained or rewritten."""
     run_dir = Path(cfg.run_dir or ".")
     data = json.loads((run_dir / "config.json").read_text())["data"]  # preflight found it readable
-    model = build_model(cfg, (data["in_chans"], *data["image_size"]), data["num_classes"])
+    task = task_for(cfg)
+    model = task.build_model(cfg, (data["in_chans"], *data["image_size"]), data["num_classes"])
     meta = load_weights(run_dir / "model.safetensors", model, cfg.model)
     if CONVERTED in meta:
         log.info(meta[CONVERTED])
-    log.info(f"{run_dir} already finished: test accuracy {100 * result['test_acc']:.2f}% after {result['epochs']} "
+    log.info(f"{run_dir} already finished: {task.headline(result)} after {result['epochs']} "
              f"epochs; nothing to resume (the result is {run_dir / 'result.json'})")
     return TrainResult(model, read_metrics(run_dir), result["test_acc"], run_dir, float(result["train_time_s"]),
                        result)
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """``visionattn train``: build the config from the parsed options (or the resumed run's), train, report.
+def run_cli(args: argparse.Namespace, kind: type[TrainConfig] = TrainConfig) -> int:
+    """``visionattn train`` (and, with ``kind`` its config class, another task's train command): build the
+    config from the parsed options (or the resumed run's), train, report.
 
     Errors are raised for :func:`visionattn.cli.main` to report (``UsageError``: exit status 2;
     ``TrainingInterrupted``: its one line, exit status 130).
     """
     if args.resume:
         saved = saved_config(args.resume)
+        check_run_task(args.resume, kind)
         saved["run_dir"] = args.resume
-        cfg = config_from_args(args, saved)
+        cfg = config_from_args(args, saved, kind=kind)
     else:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, kind=kind)
     train(cfg, resume=bool(args.resume), overwrite=bool(getattr(args, "overwrite", False)))
-    return 0  # the run log's last line gives the accuracy and the directory
+    return 0  # the run log's last line gives the result and the directory

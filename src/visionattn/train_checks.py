@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from visionattn.models.pretrained import LoadReport
 
 __all__ = ["preflight", "build_model", "load_pretrained_file", "pretrained_normalization", "normalization",
-           "saved_config", "clear_run_dir", "finished_result"]
+           "saved_config", "saved_task", "check_run_task", "clear_run_dir", "finished_result"]
 
 _SET_BY_DATA = ("num_classes", "in_chans", "img_size")  # the trainer passes these from the data
 _FASHION_MNIST = ((1, 28, 28), 10)
@@ -45,6 +45,8 @@ def preflight(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     from visionattn.distributed import check_device_available
 
     check_device_available(cfg.device)
+    if resume and cfg.run_dir and (Path(cfg.run_dir) / "config.json").is_file():
+        check_run_task(cfg.run_dir, cfg)  # before the model: another task's run has another kind of model
     _check_model(cfg, resume)
     _check_data(cfg)
     if resume:
@@ -67,16 +69,19 @@ def _accepted_keywords(factory: Any) -> list[str] | None:
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def _check_keywords(cfg: TrainConfig) -> None:
+def _check_keywords(cfg: TrainConfig, set_by_data: tuple[str, ...] = _SET_BY_DATA,
+                    why: str = "classes, channels, image size", instead: str = "--image-size / --channels") -> None:
+    """``cfg.model_args`` are keywords the model's factory takes, none of those the trainer sets (``set_by_data``:
+    ``why`` says from what, ``instead`` which flags set them)."""
     from visionattn.registry import get_model_entry
 
     accepted = _accepted_keywords(get_model_entry(cfg.model).factory)
     for key in cfg.model_args:
-        if key in _SET_BY_DATA:
-            raise UsageError(f"--model-arg {key}: set by the trainer from the data (classes, channels, image size); "
-                             "needed another keyword (use --image-size / --channels for the input)")
+        if key in set_by_data:
+            raise UsageError(f"--model-arg {key}: set by the trainer from the data ({why}); needed another keyword "
+                             f"(use {instead} for the input)")
         if accepted is not None and key not in accepted:
-            choices = [k for k in accepted if k not in _SET_BY_DATA]
+            choices = [k for k in accepted if k not in set_by_data]
             hint = did_you_mean(key, choices) or f"; it takes {', '.join(choices)}"
             raise UsageError(f"--model-arg {key}: model {cfg.model!r} has no keyword {key!r}{hint}")
 
@@ -123,23 +128,26 @@ def _guessed_input(cfg: TrainConfig) -> tuple[tuple[int, int, int], int]:
 
 def _check_model(cfg: TrainConfig, resume: bool = False) -> None:
     import visionattn.models  # noqa: F401  (registers the models)
-    from visionattn.registry import MODELS, list_models
+    from visionattn.registry import MODELS
+    from visionattn.tasks import task_for
 
     if not cfg.model:
         raise UsageError("--model: missing; needed a registered model name (see `visionattn models`)")
+    task = task_for(cfg)
     if cfg.model not in MODELS:
-        raise unknown_name("--model", "model", cfg.model, list_models())
+        raise unknown_name("--model", "model", cfg.model, task.model_choices())
+    task.check_model(cfg)
     # a resumed run takes its weights from its checkpoint: the file it started from is not read again
     check_file = bool(cfg.pretrained) and not (resume and _has_checkpoint(cfg))
     known = _known_input(cfg)
     if known is None and not check_file:
-        _check_keywords(cfg)
+        task.check_keywords(cfg)
         return
     import torch
 
     shape, num_classes = known or _guessed_input(cfg)
     with torch.device("meta"):  # shapes only: no memory, no arithmetic
-        model = build_model(cfg, shape, num_classes)
+        model = task.build_model(cfg, shape, num_classes)
     if check_file:  # the fit, and metadata the normalisation will read
         pretrained_normalization(model, load_pretrained_file(model, str(cfg.pretrained), check_only=True), shape[0])
 
@@ -316,9 +324,38 @@ def saved_config(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / 'config.json'}: unreadable run configuration ({err})") from None
 
 
+def saved_task(run_dir: str | Path) -> str:
+    """The task of the run in ``run_dir`` (``config.json``'s ``task``; runs written before tasks had names, and
+    unreadable files, which :func:`saved_config` reports, count as classification)."""
+    try:
+        task = json.loads((Path(run_dir) / "config.json").read_text()).get("task", "classification")
+    except (OSError, ValueError, AttributeError):
+        return "classification"
+    return task if isinstance(task, str) else "classification"
+
+
+def check_run_task(run_dir: str | Path, cfg: TrainConfig | type[TrainConfig], argument: str = "--resume") -> None:
+    """Refuse to continue the run in ``run_dir`` as ``cfg``'s task when it is a run of another task."""
+    from visionattn.tasks import TASKS, task_for
+
+    found = saved_task(run_dir)
+    if found != cfg.task:
+        if found not in TASKS:
+            raise UsageError(f"{argument}: {run_dir} is a run of the unknown task {found!r}; needed a {cfg.task} "
+                             f"run of `{task_for(cfg).command}`")
+        command = task_for(found).command
+        raise UsageError(f"{argument}: {run_dir} is a {found} run (of `{command}`), not a {cfg.task} run of "
+                         f"`{task_for(cfg).command}`; resume it with `{command} --resume {run_dir}`")
+
+
+# what other commands write into a run directory besides the run's own files (--overwrite deletes them too)
+ADDED_FILES = ("probe.json",)
+
+
 def clear_run_dir(path: Path) -> None:
-    """Delete what a run wrote into ``path`` (for ``--overwrite``); other files stay."""
-    for name in RUN_FILES:
+    """Delete what a run wrote into ``path`` (for ``--overwrite``), and what commands added (``probe.json``);
+    other files stay."""
+    for name in (*RUN_FILES, *ADDED_FILES):
         target = path / name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)

@@ -90,11 +90,12 @@ def diverged(cfg: TrainConfig, found: tuple[int, float], steps_per_epoch: int, l
         "or for broken images in the data")
 
 
-def interrupted(global_step: int, steps_per_epoch: int, last_step: int | None, run_dir: Path) -> TrainingInterrupted:
-    """The one-line report of a run stopped by Ctrl-C after ``global_step`` steps."""
+def interrupted(global_step: int, steps_per_epoch: int, last_step: int | None, run_dir: Path,
+                command: str = "visionattn train") -> TrainingInterrupted:
+    """The one-line report of a run stopped by Ctrl-C after ``global_step`` steps (``command`` resumes it)."""
     where = f"training stopped at step {global_step}" + (f" ({_where(global_step, steps_per_epoch)})"
                                                           if global_step else "")
-    command = f"visionattn train --resume {shlex.quote(str(run_dir))}"
+    command = f"{command} --resume {shlex.quote(str(run_dir))}"
     if last_step is None:
         return TrainingInterrupted(f"{where}; no checkpoint yet: `{command}` starts the run again from the beginning")
     return TrainingInterrupted(f"{where}; the last checkpoint is step {last_step} in {run_dir / 'checkpoints'}; "

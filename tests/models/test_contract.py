@@ -17,10 +17,14 @@ input size (4 pixels more on every side) and in bf16; the small-image transforme
 grows with the graph, and the blocks are one block repeated). Inductor's first compilation of ``vit_patch4_28``
 takes 10-20 s on 2 busy CPU cores, so that test is marked ``slow``; models with ResNet stages (BoTNet-29: 66 s,
 the small hybrid: 23 s) are left out, their attention layers are compiled by the layer contract.
+
+Next-token models (Image GPT, ``generative = True``) take token sequences, not images: the same properties (shape,
+gradients, finite outputs, batch independence, bf16; compilation for the small one) are checked on 16 tokens.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
@@ -78,7 +82,12 @@ def _images(input_size, batch: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, *input_size, generator=g) * scale + shift
 
 
-@pytest.mark.parametrize("name", visionattn.list_models())
+def _generative(name: str) -> bool:
+    """A next-token model (Image GPT: ``generative = True`` on its class) takes tokens, not images."""
+    return bool(getattr(get_model_entry(name).factory, "generative", False))
+
+
+@pytest.mark.parametrize("name", [n for n in visionattn.list_models() if not _generative(n)])
 def test_model_contract(name):
     model, input_size = _build(name)
     x = _images(input_size, batch=4, seed=1)
@@ -87,6 +96,53 @@ def test_model_contract(name):
     testing.check_finite(model, x)
     testing.check_batch_independence(model, _images(input_size, batch=3, seed=2), atol=1e-4)
     testing.check_feature_api(model, _images(input_size, batch=2, seed=3), atol=1e-4)
+
+
+GENERATIVE_TOKENS = 16  # tokens per sequence in the generative contract (the models take any L <= seq_len)
+
+
+def _build_generative(name: str, **extra):
+    """A next-token model with at most one block when deep (its blocks are one block repeated) and a random output
+    matrix: Image GPT's starts at zero, as the official code's, which passes no gradient back at step 0."""
+    kwargs = {"depth": 1} if get_model_entry(name).defaults.get("depth", 0) > MAX_DEPTH else {}
+    torch.manual_seed(0)
+    model = visionattn.create_model(name, **{**kwargs, **extra})
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.weight, std=0.02)
+    return model
+
+
+def _tokens(model, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(model.vocab_size, (batch, min(model.seq_len, GENERATIVE_TOKENS)), generator=g)
+
+
+@pytest.mark.parametrize("name", [n for n in visionattn.list_models() if _generative(n)])
+def test_generative_model_contract(name):
+    """The contract's properties on token sequences: logits (B, L, vocab), gradients reaching every parameter,
+    finite outputs, eval-mode batch independence, and a bf16 copy close to fp32."""
+    model = _build_generative(name)
+    tokens = _tokens(model, 4, seed=1)
+    out = testing.check_output_shape(model.train(), tokens, (4, tokens.shape[1], model.vocab_size))
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    bad = [n for n, p in model.named_parameters()
+           if p.grad is None or not p.grad.abs().sum() > 0 or not torch.isfinite(p.grad).all()]
+    assert not bad, f"gradients missing, all-zero or non-finite for {bad}"
+    testing.check_finite(model, tokens)
+    testing.check_batch_independence(model, _tokens(model, 3, seed=2), atol=1e-4)
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    with torch.no_grad():
+        ref, got = model.eval()(tokens), low.eval()(tokens)
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    assert ((got.float() - ref).norm() / ref.norm()).item() < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in visionattn.list_models()
+                                  if _generative(n) and get_model_entry(n).defaults.get("dim", 0) <= 128])
+def test_small_generative_models_compile(name):
+    model = _build_generative(name, depth=1)
+    testing.check_compile(model, _tokens(model, 2, seed=6))
 
 
 @pytest.mark.parametrize("name", [n for n in visionattn.list_models() if _takes(n, *RESNET_KWARGS)])

@@ -81,6 +81,18 @@ def test_vit_rows_split_the_attention_macs_by_block():
     assert model_info(model, size) == info
 
 
+def test_an_image_gpt_is_counted_on_the_tokens_of_its_image(capsys):
+    model, size = build_for_input("igpt_fashion")
+    assert size == (1, 28, 28)
+    info = model_info(model, size)
+    blocks = [r for r in info.rows if r["name"].startswith("blocks.")]
+    assert len(blocks) == len(model.blocks) and all(r["output"] == "784x64" for r in blocks)
+    n, dim = 784, 64  # dense causal attention counted in full: Q K^T and A V, n * n * dim each, per block
+    assert info.attn_macs == len(blocks) * 2 * n * n * dim == sum(r["attn_macs"] for r in blocks)
+    assert main(["info", "igpt_fashion", "--input", "3x28x28"]) == 2
+    assert "--input: got 3x28x28" in capsys.readouterr().err
+
+
 def test_a_cnn_has_no_attention_macs():
     model, size = build_for_input("resnet20")
     info = model_info(model, size)

@@ -16,6 +16,8 @@ from visionattn.layers.non_local import NonLocal2d
 from visionattn.layers.relative_position import RelativePositionLogits2d
 from visionattn.layers.selective_kernel import SelectiveKernel
 from visionattn.layers.self_attention import MultiHeadSelfAttention, SelfAttention2d
+from visionattn.layers.sparse_attention import SparseAttention, SparseSelfAttention2d
+from visionattn.layers.sparse_patterns import sparse_masks
 from visionattn.layers.split_attention import SplitAttention, SplitAttention0
 from visionattn.layers.squeeze_excite import SEVar1, SEVar2, SEVar3, SqueezeExcite
 from visionattn.layers.transformer import TransformerBlock
@@ -56,4 +58,7 @@ __all__ = [
     "TransformerBlock",
     "BoTSelfAttention2d",
     "RelativePositionLogits2d",
+    "SparseAttention",
+    "SparseSelfAttention2d",
+    "sparse_masks",
 ]

@@ -6,7 +6,9 @@ from visionattn.models.blocks import BasicBlock, Bottleneck, make_stem
 from visionattn.models.botnet import BoTNet
 from visionattn.models.halonet import HaloNet  # noqa: F401  (registers halonet26t, halonet50ts, halonet29)
 from visionattn.models.hybrid import HybridVisionTransformer
+from visionattn.models.igpt import ImageGPT  # noqa: F401  (registers igpt_s, igpt_m, igpt_l, igpt_fashion)
 from visionattn.models.nonlocal_resnet import NONLOCAL_MODELS
+from visionattn.models.palette import Palette  # noqa: F401
 from visionattn.models.plug import AttnPlug
 from visionattn.models.resnet import ResNet
 from visionattn.models.sasa_resnet import SasaResNet

@@ -1,0 +1,325 @@
+"""Factorized sparse attention that is actually sparse: Child et al. 2019, "Generating Long Sequences with Sparse
+Transformers" (sec. 4.2-4.3 for the patterns, sec. 5.2 eq. 6-8 for their combinations).
+
+The patterns (``"strided"``, ``"fixed"``) and combinations (``"interleaved"``, ``"merged"``, ``"per_head"``) are
+defined as boolean masks in :mod:`visionattn.layers.sparse_patterns`. ``impl="dense"`` is that definition run as
+one dense causal attention with the mask: the test oracle. Every other ``impl`` takes the fast path, which never
+forms an n x n tensor: the sequence is padded to m blocks of l (the padding lies after every real position, so
+causality alone keeps it out of every real query's keys; the output is cut back) and each factor becomes a batched
+dense attention through the attention core, at n sqrt(n) cost for l ~ sqrt(n):
+
+- strided A(1), the previous l positions: query block b (l queries) against key blocks b - 1 and b (2l keys) with
+  the band mask 0 <= i - j < l: n * 2l pairs.
+- strided A(2), every l-th position: the sequence [m, l] is read as [l, m] (the official code's
+  ``strided_transpose``), so that each column of the image is a causal sequence of m: n * m pairs.
+- fixed A(1), its own block: m causal sequences of l: n * l pairs.
+- fixed A(2), the summary positions: every query against the m * c gathered summary keys with the causal mask:
+  n * m * c pairs, cut to about 5/8 of that by taking the queries in 4 groups of blocks, each against the
+  summaries up to its last block only.
+
+Each piece runs on the fused kernel (``F.scaled_dot_product_attention``; ``impl="explicit"`` forms the weights
+instead). The merged head needs one softmax over A(1) u A(2): each factor's partial attention comes with the
+log-sum-exp of its rows and the parts are merged by them
+(:func:`~visionattn.layers.attention_merge.merged_attention`: on the CPU the flash kernel gives the log-sum-exps,
+and the backward is the kernel's own per part, with the gradient scaled by the part's share of the softmax). A key
+in both factors must count once, so the second part leaves out what the first has: strided A(2) without j = i (the
+column's strictly earlier rows), fixed A(2) without the own block (the summaries of earlier blocks only).
+
+:class:`SparseSelfAttention2d` (``"sparse_strided"``, ``"sparse_fixed"``) is the layer over the pixels of a
+feature map in raster order, causal, with the stride defaulting to the map's width W: for ``"strided"`` a pixel then
+attends the last W pixels (its row so far and the rest of the row above) and its column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from visionattn.errors import UsageError, check_choice, check_range
+from visionattn.layers.attention_core import IMPLS, Attention, attention
+from visionattn.layers.attention_merge import AttentionPart, merged_attention
+from visionattn.layers.helpers import check_feature_map, check_positive_int
+from visionattn.layers.self_attention import MultiHeadSelfAttention, head_dims
+from visionattn.layers.sparse_patterns import (
+    check_combine,
+    check_pattern,
+    combined_mask,
+    default_summary,
+    heads_on_first,
+)
+from visionattn.registry import register_attn
+
+__all__ = ["SPARSE_IMPLS", "sparse_attention", "SparseAttention", "SparseSelfAttention2d"]
+
+SPARSE_IMPLS = (*IMPLS, "dense")
+_PAPER = "Child et al. 2019, Generating Long Sequences with Sparse Transformers"
+
+_SUMMARY_GROUPS = 4  # row groups of the fixed pattern's summary attention (see _fixed_summary)
+_TO_BLOCKS, _FROM_BLOCKS = "b h (m l) d -> (b h) m l d", "(b h) m l d -> b h (m l) d"
+_TO_COLUMNS, _FROM_COLUMNS = "b h (m l) d -> (b h) l m d", "(b h) l m d -> b h (m l) d"
+
+
+def _same(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int, to: str,
+            back: str) -> tuple[list[torch.Tensor], Callable, Callable]:
+    """q, k, v in a layout of (B h)-batched short sequences, and the maps from it to (B, h, n, .) and back."""
+    return ([rearrange(x, to, l=stride) for x in (q, k, v)], partial(rearrange, pattern=back, h=q.shape[1]),
+            partial(rearrange, pattern=to, l=stride))
+
+
+def _band_mask(m: int, stride: int, device: torch.device) -> torch.Tensor:
+    """(m, l, 2l): query s of block b (position b l + s) may attend key t of blocks [b - 1, b] (position
+    (b - 1) l + t) when 0 <= i - j = l + s - t < l; block 0 has no block before it."""
+    s = torch.arange(stride, device=device)[:, None]
+    t = torch.arange(2 * stride, device=device)[None, :]
+    band = (t > s) & (t <= s + stride)
+    has_previous = torch.arange(m, device=device)[:, None, None] > 0
+    return band & (has_previous | (t >= stride))
+
+
+def _strided_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int) -> AttentionPart:
+    (qb, kb, vb), to_common, from_common = _layout(q, k, v, stride, _TO_BLOCKS, _FROM_BLOCKS)
+    # each block's keys: the block before it (zeros before block 0, masked) and its own
+    keys, values = (torch.cat([F.pad(x, (0, 0, 0, 0, 1, 0))[:, :-1], x], dim=2) for x in (kb, vb))
+    return AttentionPart(qb, keys, values, _band_mask(qb.shape[1], stride, q.device), False, to_common, from_common)
+
+
+def _strided_column(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int,
+                    strict: bool) -> AttentionPart:
+    (qc, kc, vc), to_common, from_common = _layout(q, k, v, stride, _TO_COLUMNS, _FROM_COLUMNS)
+    m = qc.shape[2]
+    # strict: the earlier rows of the column only, since j = i is A(1)'s
+    mask = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1) if strict else None
+    return AttentionPart(qc, kc, vc, mask, not strict, to_common, from_common)
+
+
+def _fixed_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int) -> AttentionPart:
+    (qb, kb, vb), to_common, from_common = _layout(q, k, v, stride, _TO_BLOCKS, _FROM_BLOCKS)
+    return AttentionPart(qb, kb, vb, None, True, to_common, from_common)
+
+
+def _fixed_summary(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int, c: int,
+                   strict: bool) -> list[AttentionPart]:
+    """Every query against the gathered summary keys (c of each block) it may attend, in a few row groups of
+    blocks: a group needs the summaries up to its last block only, so the masked rectangle shrinks towards the
+    causal triangle ((G + 1) / 2G of the n * m * c pairs for G groups) at the price of G calls."""
+    m = q.shape[2] // stride
+    keys, values = (rearrange(rearrange(x, "b h (m l) d -> b h m l d", l=stride)[:, :, :, stride - c:],
+                              "b h m c d -> b h (m c) d") for x in (k, v))
+    bounds = sorted({round(g * m / _SUMMARY_GROUPS) for g in range(_SUMMARY_GROUPS + 1)})
+    parts = []
+    for first, end in zip(bounds, bounds[1:]):
+        seen = end - 1 if strict else end  # the key blocks this group's queries may attend: strict, earlier only
+        if not seen:
+            continue
+        rows = slice(first * stride, end * stride)
+        i = torch.arange(rows.start, rows.stop, device=q.device)[:, None]
+        j = torch.arange(seen * c, device=q.device)
+        # strict: the summaries of earlier blocks only (the own block's are A(1)'s); else every one so far
+        mask = j // c < i // stride if strict else (j // c) * stride + (stride - c) + j % c <= i
+        parts.append(AttentionPart(q[:, :, rows], keys[:, :, : seen * c], values[:, :, : seen * c], mask, False,
+                                   _same, _same, rows))
+    return parts
+
+
+def _pieces(pattern: str, factor: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int,
+            c: int | None, strict: bool = False) -> list[AttentionPart]:
+    if pattern == "strided":
+        return [_strided_local(q, k, v, stride) if factor == 0 else _strided_column(q, k, v, stride, strict)]
+    if factor == 0:
+        return [_fixed_block(q, k, v, stride)]
+    return _fixed_summary(q, k, v, stride, c, strict)  # type: ignore[arg-type]
+
+
+def _factor(pattern: str, factor: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int,
+            c: int | None, dropout_p: float, impl: str) -> torch.Tensor:
+    """One factor alone: its pieces answer consecutive rows (all of them), so their outputs are concatenated.
+    ``"auto"`` is the fused kernel for every piece: batched over (B h) x blocks it beats the explicit path even
+    where each block is short (forward + backward at n = 256 to 4096, one thread: 1.0-1.6x)."""
+    impl = "fused" if impl == "auto" else impl
+    outs = [part.to_common(attention(part.q, part.k, part.v, mask=part.mask, causal=part.causal,
+                                     dropout_p=dropout_p, impl=impl))
+            for part in _pieces(pattern, factor, q, k, v, stride, c)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise UsageError(f"sparse attention: {name} must be 4-D (B, heads, n, d), got shape {tuple(t.shape)}")
+    if q.shape != k.shape or v.shape[:3] != q.shape[:3]:
+        raise UsageError(f"sparse attention is self-attention: q {tuple(q.shape)}, k {tuple(k.shape)} and v "
+                         f"{tuple(v.shape)} must share (B, heads, n), and q and k their d")
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str, stride: int,
+                     summary: int | None = None, combine: str = "merged", factor: int = 0, dropout_p: float = 0.0,
+                     impl: str = "auto") -> torch.Tensor:
+    """Causal factorized self-attention (see the module docstring): the fast path, or the dense oracle.
+
+    Args:
+        q, k, v: queries, keys and values of one sequence, heads on axis 1.
+        pattern: ``"strided"`` or ``"fixed"``; stride: l; summary: c (``"fixed"`` only; default l / 8).
+        combine: ``"interleaved"`` (this block uses A(``factor``)), ``"merged"`` or ``"per_head"``.
+        dropout_p: dropout on the attention weights.
+        impl: ``"dense"`` (one dense attention with the pattern's mask), or the attention core's path for the
+            fast path's pieces: ``"fused"`` (``"auto"``: the fastest for these batched pieces on the CPU), or
+            ``"explicit"``. The merged head's parts on the fused path need the CPU flash kernel and no dropout;
+            elsewhere they are explicit (:func:`~visionattn.layers.attention_merge.merged_attention`).
+
+    Shape:
+        - Input: q, k (B, h, n, d), v (B, h, n, d_v), any n
+        - Output: (B, h, n, d_v)
+    """
+    check_positive_int("stride", stride)
+    c = check_pattern(pattern, stride, summary)
+    check_combine(combine, factor)
+    check_choice("impl", impl, SPARSE_IMPLS)
+    _check_qkv(q, k, v)
+    heads, n = q.shape[1], q.shape[2]
+    first = heads_on_first(heads) if combine == "per_head" else heads
+    if impl == "dense":
+        mask = combined_mask(pattern, n, stride, c, combine, factor, heads, q.device)
+        return attention(q, k, v, mask=mask, dropout_p=dropout_p)
+    pad = -n % stride
+    if pad:
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    if combine == "merged":  # A(2) without what A(1) has: each key once in the one softmax
+        parts = [*_pieces(pattern, 0, q, k, v, stride, c), *_pieces(pattern, 1, q, k, v, stride, c, strict=True)]
+        out = merged_attention(parts, dropout_p, impl=impl)
+    elif combine == "interleaved":
+        out = _factor(pattern, factor, q, k, v, stride, c, dropout_p, impl)
+    else:
+        out = torch.cat([_factor(pattern, f, q[:, part], k[:, part], v[:, part], stride, c, dropout_p, impl)
+                         for f, part in ((0, slice(None, first)), (1, slice(first, None)))], dim=1)
+    return out[:, :, :n] if pad else out
+
+
+class SparseAttention(nn.Module):
+    """The Sparse Transformer's causal factorized attention step (sec. 4.2-4.3, 5.2), for q, k, v already split
+    into heads.
+
+    Args:
+        pattern: ``"strided"`` (the previous l positions, and every l-th earlier one) or ``"fixed"`` (its own
+            block of l, and the last c positions of every block).
+        stride: l; None to give it with every call (``forward(..., stride=)``, as :class:`SparseSelfAttention2d`
+            does with the map's width).
+        summary: c, ``"fixed"`` only (default l / 8, at least 1; at most l).
+        combine: ``"interleaved"`` (eq. 6: this block uses factor ``factor``, the next block the other),
+            ``"merged"`` (eq. 7: one head over the union; the default, a whole layer on its own), ``"per_head"``
+            (eq. 8: the first ceil(h / 2) heads A(1), the others A(2)).
+        factor: 0 (A(1)) or 1 (A(2)), for ``"interleaved"``.
+        dropout: dropout on the attention weights while training.
+        impl: ``"auto"`` / ``"fused"`` / ``"explicit"``: the fast path, its pieces on that path of the attention
+            core; ``"dense"``: one dense attention with :meth:`mask` (the oracle).
+
+    While an :class:`~visionattn.layers.attention_core.AttentionRecorder` is attached, the step runs densely
+    with :meth:`mask` (the same output), so the recorder gets the (B, h, n, n) weights of the pattern.
+
+    Shape:
+        - Input: q, k (B, h, n, d), v (B, h, n, d_v), any n
+        - Output: (B, h, n, d_v)
+    """
+
+    def __init__(self, pattern: str = "strided", stride: int | None = None, summary: int | None = None,
+                 combine: str = "merged", factor: int = 0, dropout: float = 0.0, impl: str = "auto") -> None:
+        super().__init__()
+        check_pattern(pattern, stride, summary)
+        check_combine(combine, factor)
+        check_choice("impl", impl, SPARSE_IMPLS)
+        check_range("dropout", dropout, 0.0, 1.0, high_open=True)
+        self.pattern, self.stride, self.summary, self.combine, self.factor = pattern, stride, summary, combine, factor
+        self.dropout, self.impl = dropout, impl
+        self.attend = Attention(dropout=dropout, impl="auto" if impl == "dense" else impl)
+
+    def _stride(self, stride: int | None) -> int:
+        stride = self.stride if stride is None else stride
+        if stride is None:
+            raise UsageError("stride: this SparseAttention was built with stride=None, so each call must give one")
+        check_pattern(self.pattern, check_positive_int("stride", stride), self.summary)
+        return stride
+
+    def summary_for(self, stride: int) -> int | None:
+        """c at this stride: the built one, or the default l / 8 (``"fixed"``); None for ``"strided"``."""
+        if self.pattern == "strided":
+            return None
+        return default_summary(stride) if self.summary is None else self.summary
+
+    def mask(self, n: int, heads: int = 1, device: torch.device | str | None = None,
+             stride: int | None = None) -> torch.Tensor:
+        """The pattern this module computes over ``n`` positions: (heads, n, n) for ``"per_head"``, (1, n, n)
+        otherwise; bool, True where query i attends key j."""
+        stride = self._stride(stride)
+        return combined_mask(self.pattern, n, stride, self.summary_for(stride), self.combine, self.factor, heads,
+                             device)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int | None = None) -> torch.Tensor:
+        stride = self._stride(stride)
+        _check_qkv(q, k, v)
+        if self.impl == "dense" or self.attend.recorder is not None:
+            return self.attend(q, k, v, mask=self.mask(q.shape[2], q.shape[1], q.device, stride))
+        return sparse_attention(q, k, v, self.pattern, stride, self.summary_for(stride), self.combine, self.factor,
+                                self.dropout if self.training else 0.0, self.impl)
+
+    def extra_repr(self) -> str:
+        summary = f", summary={self.summary}" if self.pattern == "fixed" else ""
+        factor = f", factor={self.factor}" if self.combine == "interleaved" else ""
+        return (f"pattern={self.pattern!r}, stride={self.stride}{summary}, combine={self.combine!r}{factor}, "
+                f"impl={self.impl!r}")
+
+
+@register_attn("sparse_fixed", paper=_PAPER, family="self-attention", defaults={"pattern": "fixed"},
+               description="Causal fixed sparse attention over the pixels in raster order: its block of l pixels "
+                           "(a row by default) so far and the last c pixels of every earlier block",
+               variants=({"combine": "per_head", "heads": 3, "dim_head": 4, "stride": 5, "summary": 2},))
+@register_attn("sparse_strided", paper=_PAPER, family="self-attention",
+               description="Causal strided sparse attention over the pixels in raster order: the last W pixels "
+                           "and its column (stride = the map's width W)",
+               variants=({"combine": "per_head", "heads": 2},
+                         {"combine": "interleaved", "factor": 1, "stride": 3, "impl": "fused"}))
+class SparseSelfAttention2d(MultiHeadSelfAttention):
+    """Causal sparse multi-head self-attention over the H * W pixels of a feature map in raster order
+    (:class:`SparseAttention` between :class:`~visionattn.layers.self_attention.MultiHeadSelfAttention`'s ``qkv``
+    and ``proj``): pixel (y, x) sees only pixels before it, as in an autoregressive image model.
+
+    Args:
+        channels: C.
+        heads: h (default 8); dim_head: channels per head (default C / h).
+        pattern: ``"strided"`` or ``"fixed"`` (``"sparse_strided"`` / ``"sparse_fixed"`` set it).
+        stride: l; None (default) is the map's width W: strided attention then covers the last W pixels (the
+            pixel's row so far and the rest of the row above) and its column, fixed attention its row so far and
+            the last c pixels of every earlier row.
+        summary, combine, factor: as for :class:`SparseAttention` (combine default ``"merged"``).
+        qkv_bias: biases on the projections (GPT-2's: yes); attn_drop: on the weights; proj_drop: after ``proj``.
+        impl: as for :class:`SparseAttention`.
+
+    Shape:
+        - Input: (B, C, H, W)
+        - Output: (B, C, H, W)
+    """
+
+    def __init__(self, channels: int, heads: int = 8, dim_head: int | None = None, pattern: str = "strided",
+                 stride: int | None = None, summary: int | None = None, combine: str = "merged", factor: int = 0,
+                 qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, impl: str = "auto") -> None:
+        head_dims(channels, heads, dim_head)
+        attend = SparseAttention(pattern, stride, summary, combine, factor, attn_drop, impl)
+        if combine == "per_head":
+            heads_on_first(heads)
+        super().__init__(channels, heads, dim_head, qkv_bias, proj_drop=proj_drop)
+        self.attend = attend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        check_feature_map(x, self.dim, type(self).__name__)
+        height, width = x.shape[-2:]
+        tokens = rearrange(x, "b c y x -> b (y x) c")
+        q, k, v = rearrange(self.qkv(tokens), "b n (three h d) -> three b h n d", three=3, h=self.heads).unbind(0)
+        out = rearrange(self.attend(q, k, v, stride=self.attend.stride or width), "b h n d -> b n (h d)")
+        return rearrange(self.proj_drop(self.proj(out)), "b (y x) c -> b c y x", y=height)
