@@ -24,21 +24,22 @@ backward alike (``benchmarks/attention_paths.py``; 1.2-1.8x at 49 tokens for for
 tensor is then at most that many elements per batch and head.
 
 :class:`Attention` is the module every layer holds (as ``attend``): it picks the path and, while an
-:class:`AttentionRecorder` is attached, also hands the weights to it -- recomputed from the same q, k, bias and
-mask, so the output still comes from the fused path and recording costs nothing when it is off.
+:class:`AttentionRecorder` (any :class:`~visionattn.layers.recording.Recorder`) is attached, also hands the
+weights to it -- recomputed from the same q, k, bias and mask, so the output still comes from the fused path and
+recording costs nothing when it is off.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionattn.errors import UsageError, check_choice, check_range, did_you_mean
+from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.linear_attention import linear_attention, linear_attention_weights
+from visionattn.layers.recording import Recordable, Recorder, RecordHook
 
 __all__ = ["IMPLS", "CPU_EXPLICIT_MAX_PAIRS", "resolve_impl", "KERNELS", "attention", "attention_weights", "Attention",
            "AttentionRecorder", "causal_mask"]
@@ -165,11 +166,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
                                           scale=scale)
 
 
-Recorder = Callable[["Attention", torch.Tensor], None]
-
-
-class Attention(nn.Module):
+class Attention(Recordable, nn.Module):
     """The attention step every token-attention layer holds (as ``attend``): no parameters, one of two kernels.
+    Recordable, kind ``"attention"``.
 
     Args:
         kernel: ``"softmax"`` (eq. 11.2-11.4, :func:`attention`) or ``"linear"`` (phi(Q) (phi(K)^T V) normalised,
@@ -185,6 +184,8 @@ class Attention(nn.Module):
         - Output: (B, h, N_q, d_v)
     """
 
+    record_kind = "attention"
+
     def __init__(self, kernel: str = "softmax", causal: bool = False, dropout: float = 0.0,
                  scale: float | None = None, impl: str = "auto") -> None:
         super().__init__()
@@ -195,7 +196,7 @@ class Attention(nn.Module):
             raise UsageError("kernel='linear' has no attention dropout and no logit scale (phi(q) . phi(k) is "
                              f"not a softmax logit); got dropout={dropout!r}, scale={scale!r}")
         self.kernel, self.causal, self.dropout, self.scale, self.impl = kernel, causal, dropout, scale, impl
-        self.recorder: Recorder | None = None
+        self.recorder: RecordHook | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,8 +224,9 @@ class Attention(nn.Module):
         return f"kernel={self.kernel!r}, causal={self.causal}, dropout={self.dropout}, impl={self.impl!r}"
 
 
-class AttentionRecorder:
-    """Collects the attention weights of every :class:`Attention` step in a model, whichever path computes them.
+class AttentionRecorder(Recorder):
+    """A :class:`~visionattn.layers.recording.Recorder` of the attention matrices only (kind ``"attention"``):
+    the weights of every :class:`Attention` step in a model, whichever path computes them.
 
     Each step's weights are recomputed explicitly from its q, k, bias and mask while the recorder is attached
     (the fused kernels never form the matrix), so the forward output is unchanged. Weights are kept by the
@@ -238,30 +240,13 @@ class AttentionRecorder:
     """
 
     def __init__(self, model: nn.Module, names: list[str] | None = None, device: str | torch.device = "cpu") -> None:
-        steps = {n: m for n, m in model.named_modules() if isinstance(m, Attention)}
-        if not steps:
-            raise UsageError(f"AttentionRecorder: {type(model).__name__} has no attention step (no Attention "
-                             "module) to record")
-        if names is not None:
-            unknown = [n for n in names if n not in steps]
-            if unknown:
-                raise UsageError(f"names: {unknown[0]!r} is not an attention step of the model"
-                                 f"{did_you_mean(unknown[0], list(steps))}; it has {', '.join(steps)}")
-            steps = {n: steps[n] for n in names}
-        self._steps, self.device = steps, torch.device(device)
-        self._names = {id(m): n for n, m in steps.items()}
-        self.weights: dict[str, list[torch.Tensor]] = {}
+        super().__init__(model, kinds=["attention"], names=names, device=device)
 
-    def _record(self, step: Attention, weights: torch.Tensor) -> None:
-        self.weights.setdefault(self._names[id(step)], []).append(weights.to(self.device))
+    @staticmethod
+    def _nothing(kinds: list[str]) -> str:
+        return "attention step (no Attention module)"
 
-    def __enter__(self) -> AttentionRecorder:
-        for step in self._steps.values():
-            if step.recorder is not None:
-                raise UsageError("AttentionRecorder: another recorder is already attached to this model")
-            step.recorder = self._record
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for step in self._steps.values():
-            step.recorder = None
+    @property
+    def weights(self) -> dict[str, list[torch.Tensor]]:
+        """``{step name: [(B, h, N_q, N_k) weights of each call, ...]}``."""
+        return self.records
