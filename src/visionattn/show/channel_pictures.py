@@ -1,0 +1,1 @@
+"""Pictures of channel, spatial and branch attention (being written)."""

@@ -1,0 +1,1 @@
+"""Pictures of token attention (being written)."""
