@@ -50,6 +50,7 @@ from visionattn.layers.local_attention import (
     check_attention_input,
     check_heads,
 )
+from visionattn.layers.recording import Recordable, RecordHook
 from visionattn.registry import register_attn
 
 __all__ = ["AttentionStem2d", "PositionMixture", "STEM_BORDERS"]
@@ -86,8 +87,12 @@ class PositionMixture(nn.Module):
                description="SASA attention stem: local attention with spatially aware (position-mixed) values",
                variants=({"border": "zero"}, {"stride": 2, "out_channels": 16, "heads": 4},
                          {"kernel_size": 3, "heads": 2, "mixtures": 2}))
-class AttentionStem2d(nn.Module):
+class AttentionStem2d(Recordable, nn.Module):
     """Local self-attention with spatially aware value embeddings, the SASA stem layer (section 3.2, eq. 5-6).
+
+    Recordable, kind ``"local_attention"`` like :class:`~visionattn.layers.local_attention.LocalSelfAttention2d`:
+    the (B, heads, H, W, k * k) window weights it forms anyway, slot (a, b) in raster order at offset
+    (a - k // 2, b - k // 2) from its pixel (:func:`~visionattn.layers.local_attention_ref.window_index`'s layout).
 
     Args:
         in_channels: d_in (3 for the stem of an image model).
@@ -105,6 +110,8 @@ class AttentionStem2d(nn.Module):
         - Input: (B, in_channels, H, W)
         - Output: (B, out_channels, ceil(H / stride), ceil(W / stride))
     """
+
+    record_kind = "local_attention"
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 4, heads: int = 1,
                  mixtures: int = 4, stride: int = 1, border: str = "mask", qk_scale: float | None = None,
@@ -126,6 +133,7 @@ class AttentionStem2d(nn.Module):
         self.values = nn.Conv2d(in_channels, mixtures * out_channels, 1, bias=False)  # W_V^1 .. W_V^m stacked
         self.rel = RelativeEmbedding2d(out_channels, heads, kernel_size)
         self.mixture = PositionMixture(kernel_size, mixtures, embed_dim)
+        self.recorder: RecordHook | None = None
 
     def _windows(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, k^2, HW): every pixel's k x k window, zero outside the image."""
@@ -149,6 +157,8 @@ class AttentionStem2d(nn.Module):
             inside = self._windows(x.new_ones(1, 1, height, width))[0, 0] > 0  # (k^2, HW)
             logits = logits.masked_fill(~inside, float("-inf"))
         attn = logits.softmax(dim=2)
+        if self.recorder is not None:
+            self.recorder(self, rearrange(attn, "b h w (y x) -> b h y x w", y=height).detach())
         # eq. 5: W_ab = sum_m p(a, b, m) W_V^m, one value projection per window offset
         w_v = rearrange(self.values.weight, "(m h d) c 1 1 -> m h d c", m=self.mixtures, h=heads)
         w_ab = torch.einsum("om,mhdc->hdco", self.mixture().flatten(0, 1), w_v).flatten(2)

@@ -23,6 +23,7 @@ from visionattn.layers.helpers import (
     get_act_layer,
     reduced_channels,
 )
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["BamChannelAttention", "BamSpatialAttention", "BottleneckAttention"]
@@ -83,7 +84,7 @@ class BamSpatialAttention(nn.Module):
 
 @register_attn("bam", paper="Park et al. 2018, BAM", family="channel",
                description="BAM: channel MLP (BN, no gate) x dilated-conv spatial map, X * (1 + sigmoid(.))")
-class BottleneckAttention(nn.Module):
+class BottleneckAttention(Recordable, nn.Module):
     """BAM (eq. 5.1-5.3): ``x * (1 + sigmoid(a' * A'))``.
 
     Args:
@@ -101,7 +102,11 @@ class BottleneckAttention(nn.Module):
     Shape:
         - Input: (B, C, H, W)
         - Output: (B, C, H, W)
+
+    Recordable, kind ``"spatial"``: the 3-D map A = sigmoid(a' * A') (or of the sum), (B, C, H, W).
     """
+
+    record_kind = "spatial"
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_channels: int | None = None,
                  rd_divisor: int = 1, dilation: int = 4, num_dilated: int = 2, act_layer: LayerSpec = "relu",
@@ -124,4 +129,7 @@ class BottleneckAttention(nn.Module):
         return self.gate(a_c * a_s if self.combine == "mul" else a_c + a_s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * (1 + self.attention(x))  # eq. 5.3
+        a = self.attention(x)
+        if self.recorder is not None:
+            self.recorder(self, a)
+        return x * (1 + a)  # eq. 5.3

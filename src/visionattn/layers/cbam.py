@@ -24,6 +24,7 @@ from visionattn.layers.helpers import (
     create_act,
     reduced_channels,
 )
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["CbamChannelAttention", "CbamSpatialAttention", "ConvBlockAttention"]
@@ -33,7 +34,7 @@ _PAPER = "Woo et al. 2018, CBAM"
 
 @register_attn("cbam_channel", paper=_PAPER, family="channel",
                description="CBAM's channel part: shared MLP over average- and max-pooled channels")
-class CbamChannelAttention(nn.Module):
+class CbamChannelAttention(Recordable, nn.Module):
     """CBAM channel attention (eq. 4.1-4.4): ``x * sigmoid(MLP(avg_hw(x)) + MLP(max_hw(x)))``.
 
     Args:
@@ -46,7 +47,11 @@ class CbamChannelAttention(nn.Module):
     Shape:
         - Input: (B, C, H, W)
         - Output: (B, C, H, W)
+
+    Recordable, kind ``"channel"``: the gate a, (B, C, 1, 1).
     """
+
+    record_kind = "channel"
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_channels: int | None = None,
                  rd_divisor: int = 1, act_layer: LayerSpec = "relu", gate_layer: LayerSpec = "sigmoid",
@@ -65,12 +70,15 @@ class CbamChannelAttention(nn.Module):
         return self.gate(self.fc(z_avg) + self.fc(z_max))  # eq. 4.3-4.4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
+        a = self.attention(x)
+        if self.recorder is not None:
+            self.recorder(self, a)
+        return x * a
 
 
 @register_attn("cbam_spatial", paper=_PAPER, family="channel",
                description="CBAM's spatial part: channel mean and max, 7x7 conv, sigmoid pixel gate")
-class CbamSpatialAttention(nn.Module):
+class CbamSpatialAttention(Recordable, nn.Module):
     """CBAM spatial attention (eq. 4.5-4.8): ``x * sigmoid(conv_kxk([max_c(x); mean_c(x)]))``.
 
     The max map is input channel 0 and the mean map channel 1 of the convolution, as in the official code (the
@@ -86,7 +94,11 @@ class CbamSpatialAttention(nn.Module):
     Shape:
         - Input: (B, C, H, W)
         - Output: (B, C, H, W)
+
+    Recordable, kind ``"spatial"``: the map A, (B, 1, H, W).
     """
+
+    record_kind = "spatial"
 
     def __init__(self, channels: int, kernel_size: int = 7, norm: bool = True,
                  gate_layer: LayerSpec = "sigmoid") -> None:
@@ -104,7 +116,10 @@ class CbamSpatialAttention(nn.Module):
         return self.gate(self.bn(self.conv(z)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)  # eq. 4.8
+        a = self.attention(x)
+        if self.recorder is not None:
+            self.recorder(self, a)
+        return x * a  # eq. 4.8
 
 
 @register_attn("cbam", paper=_PAPER, family="channel",

@@ -19,6 +19,7 @@ from torch import nn
 
 from visionattn.layers.conv_args import check_groups, check_padding, same_padding
 from visionattn.layers.helpers import check_bool, check_feature_map, check_positive_int, pair
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["ExpertConv2d", "CondConv2d", "per_sample_conv2d"]
@@ -46,7 +47,7 @@ def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return rearrange(out, "1 (b o) h w -> b o h w", b=b)
 
 
-class ExpertConv2d(nn.Module):
+class ExpertConv2d(Recordable, nn.Module):
     """n expert convolutions mixed per sample (eq. 9.2) and applied over the batch at once (eq. 9.3).
 
     Subclasses define the router, :meth:`route`, from the input to (B, n) weights (eq. 9.1 or 10.1).
@@ -63,7 +64,11 @@ class ExpertConv2d(nn.Module):
     Shape:
         - Input: (B, C, H, W)
         - Output: (B, O, H', W'), ``H' = ceil(H / stride)`` when ``padding`` is None
+
+    Recordable, kind ``"branch"``: the router's expert weights a, (B, n).
     """
+
+    record_kind = "branch"
 
     def __init__(self, channels: int, out_channels: int | None, kernel_size: int, stride: int,
                  padding: int | None, dilation: int, groups: int, bias: bool, num_experts: int) -> None:
@@ -111,7 +116,10 @@ class ExpertConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.channels, type(self).__name__)
-        weight, bias = self.mix_experts(self.route(x))
+        routing = self.route(x)
+        if self.recorder is not None:
+            self.recorder(self, routing)
+        weight, bias = self.mix_experts(routing)
         return per_sample_conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:

@@ -39,6 +39,7 @@ from visionattn.layers.helpers import (
     pair,
     reduced_channels,
 )
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["GatherExcite"]
@@ -77,7 +78,7 @@ def _conv_gather(channels: int, extent: int, spatial_size: tuple[int, int] | Non
 @register_attn("ge_theta_minus", paper=_PAPER, family="channel",
                variants=({"extent": 2}, {"extent": 8}),
                description="GE-theta-: parameter-free average-pool gather over extent e, nearest upsample, gate")
-class GatherExcite(nn.Module):
+class GatherExcite(Recordable, nn.Module):
     """Gather-excite (eq. 6.1-6.4) in its three forms, chosen by ``extra_params`` and ``use_mlp``.
 
     Args:
@@ -96,7 +97,12 @@ class GatherExcite(nn.Module):
     Shape:
         - Input: (B, C, H, W), with (H, W) = ``spatial_size`` where one is required
         - Output: (B, C, H, W)
+
+    Recordable, kind ``"channel"``: the gate before it is resized to the map, (B, C, 1, 1) for the global extent,
+    (B, C, ceil(H / e), ceil(W / e)) otherwise.
     """
+
+    record_kind = "channel"
 
     def __init__(self, channels: int, extent: int = 0, extra_params: bool = False, use_mlp: bool = False,
                  spatial_size: int | tuple[int, int] | None = None, rd_ratio: float = 1 / 16,
@@ -146,6 +152,8 @@ class GatherExcite(nn.Module):
         if self.mlp is not None:
             z = self.mlp(z)  # eq. 6.4
         a = self.gate(z)
+        if self.recorder is not None:
+            self.recorder(self, a)
         if a.shape[-2:] != x.shape[-2:]:
             a = F.interpolate(a, size=x.shape[-2:], mode="nearest")  # eq. 6.2
         return x * a  # eq. 6.3

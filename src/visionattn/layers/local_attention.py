@@ -28,7 +28,13 @@ from visionattn.errors import UsageError, check_choice, check_positive
 from visionattn.kernels.flex_local_attention import flex_available, flex_local_attention
 from visionattn.kernels.local_attention import fused_local_attention, kernel_available
 from visionattn.layers.helpers import check_feature_map, check_odd, check_positive_int
-from visionattn.layers.local_attention_ref import BORDERS, local_attention_reference, rel_table_size
+from visionattn.layers.local_attention_ref import (
+    BORDERS,
+    local_attention_reference,
+    local_attention_weights,
+    rel_table_size,
+)
+from visionattn.layers.recording import Recordable, RecordHook
 from visionattn.layers.relative_position import RelativeEmbedding2d, relative_table
 from visionattn.registry import register_attn
 
@@ -124,8 +130,13 @@ def _project(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
                description="Local k x k multi-head self-attention with 2D relative embeddings (SASA)",
                variants=({"border": "zero"}, {"border": "clamp"}, {"stride": 2, "out_channels": 16},
                          {"kernel_size": 3, "heads": 2, "impl": "reference"}))
-class LocalSelfAttention2d(nn.Module):
+class LocalSelfAttention2d(Recordable, nn.Module):
     """Stand-alone local self-attention (SASA eq. 2-3), a drop-in for a k x k convolution.
+
+    Recordable, kind ``"local_attention"``: while a :class:`~visionattn.layers.recording.Recorder` is attached,
+    the (B, heads, H, W, k * k) window weights at the input's resolution (before the stride's pooling) are
+    recomputed from the same q, k and relative embeddings (:meth:`window_weights`), since the fused kernels never
+    store them; the output is still the chosen path's.
 
     Args:
         in_channels: d_in.
@@ -143,6 +154,8 @@ class LocalSelfAttention2d(nn.Module):
         - Input: (B, in_channels, H, W)
         - Output: (B, out_channels, ceil(H / stride), ceil(W / stride))
     """
+
+    record_kind = "local_attention"
 
     def __init__(self, in_channels: int, out_channels: int | None = None, kernel_size: int = 7, heads: int = 8,
                  stride: int = 1, border: str = "mask", qk_scale: float | None = None, groups: int = 1,
@@ -162,14 +175,33 @@ class LocalSelfAttention2d(nn.Module):
         self.scale = attention_scale(qk_scale, out_channels // heads)
         self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)
         self.rel = RelativeEmbedding2d(out_channels, heads, rel_table_size(kernel_size, border))
+        self.recorder: RecordHook | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_attention_input(x, self.in_channels, "LocalSelfAttention2d")
         qkv = _project(self.qkv, x)
-        out = local_attention(qkv, *self.rel(), self.heads, self.kernel_size, self.border, self.scale, self.impl)
+        rows, cols = self.rel()
+        out = local_attention(qkv, rows, cols, self.heads, self.kernel_size, self.border, self.scale, self.impl)
+        if self.recorder is not None:
+            self.recorder(self, self.window_weights(qkv, rows, cols))
         if self.stride > 1:
             out = F.avg_pool2d(out, self.stride, self.stride, ceil_mode=True)
         return out
+
+    def window_weights(self, qkv: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.Tensor) -> torch.Tensor:
+        """The softmax of eq. 2 over every pixel's k x k window, computed explicitly by the reference's
+        :func:`~visionattn.layers.local_attention_ref.local_attention_weights` (slots in raster order; where each
+        lies: :func:`~visionattn.layers.local_attention_ref.window_index`).
+
+        Shape:
+            - Input: qkv (B, 3 * out_channels, H, W); rel_rows, rel_cols (heads, T, d)
+            - Output: (B, heads, H, W, k * k)
+        """
+        with torch.no_grad():
+            q, k, _ = qkv.chunk(3, dim=1)
+            weights = local_attention_weights(q, k, relative_table(rel_rows, rel_cols), self.kernel_size,
+                                              self.border, self.scale)
+        return weights.unflatten(2, qkv.shape[-2:])
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, heads={self.heads}, "

@@ -27,8 +27,8 @@ from einops import rearrange
 from visionattn.errors import check_choice
 from visionattn.layers.relative_position import relative_table
 
-__all__ = ["BORDERS", "rel_table_size", "relative_table", "window_index", "local_attention_reference",
-           "local_attention_unfold"]
+__all__ = ["BORDERS", "rel_table_size", "relative_table", "window_index", "local_attention_weights",
+           "apply_window_weights", "local_attention_reference", "local_attention_unfold"]
 
 BORDERS = ("mask", "zero", "clamp")
 
@@ -96,9 +96,54 @@ def _window_index(height: int, width: int, kernel_size: int, border: str) -> tup
     return key, inside, attends, rel
 
 
+def _gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of ``t``'s token axis: (..., N, d) -> (..., HW, k^2, d)."""
+    return t.index_select(-2, index.flatten()).unflatten(-2, index.shape)
+
+
+def local_attention_weights(q: torch.Tensor, k: torch.Tensor, rel: torch.Tensor, kernel_size: int,
+                            border: str = "mask", scale: float = 1.0) -> torch.Tensor:
+    """The window weights of eq. 2-3: every pixel's softmax over its k x k window of ``scale * q . (k + r)``,
+    the window's slots in raster order (row offset, then column offset; see :func:`window_index` for where each
+    slot lies). Slots outside the image have weight 0 with ``border="mask"``.
+
+    Args:
+        q, k: (B, heads * d, H, W) queries and keys, heads split along the channels.
+        rel: (heads, T, T, d) relative embeddings r, T = :func:`rel_table_size`.
+        kernel_size, border, scale: as for :func:`local_attention_reference`.
+
+    Shape:
+        - Input: q, k (B, heads * d, H, W); rel (heads, T, T, d)
+        - Output: (B, heads, H * W, k^2)
+    """
+    heads = rel.shape[0]
+    height, width = q.shape[-2:]
+    key, inside, attends, rel_idx = (t.to(q.device) for t in window_index(height, width, kernel_size, border))
+    q, k = (rearrange(t, "b (h d) y x -> b h (y x) d", h=heads) for t in (q, k))
+    k_win = _gather(k, key) * inside[..., None].to(q.dtype)  # (B, heads, HW, k^2, d); zero padding: outside k = 0
+    r_win = _gather(rearrange(rel, "h u v d -> h (u v) d"), rel_idx)  # (heads, HW, k^2, d)
+    logits = torch.einsum("bhpd,bhpwd->bhpw", q, k_win + r_win) * scale
+    return logits.masked_fill(~attends, float("-inf")).softmax(dim=-1)
+
+
+def apply_window_weights(attn: torch.Tensor, v: torch.Tensor, kernel_size: int, border: str = "mask") -> torch.Tensor:
+    """The output of eq. 2: every pixel's window weights times its window's values (zero outside the image).
+
+    Shape:
+        - Input: attn (B, heads, H * W, k^2) (:func:`local_attention_weights`); v (B, heads * d, H, W)
+        - Output: (B, heads * d, H, W)
+    """
+    heads, height, width = attn.shape[1], v.shape[-2], v.shape[-1]
+    key, inside, _, _ = (t.to(v.device) for t in window_index(height, width, kernel_size, border))
+    v_win = _gather(rearrange(v, "b (h d) y x -> b h (y x) d", h=heads), key) * inside[..., None].to(v.dtype)
+    out = torch.einsum("bhpw,bhpwd->bhpd", attn, v_win)
+    return rearrange(out, "b h (y x) d -> b (h d) y x", y=height)
+
+
 def local_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor,
                               kernel_size: int, border: str = "mask", scale: float = 1.0) -> torch.Tensor:
-    """Local attention by gathering every window (k^2 copies of keys and values).
+    """Local attention by gathering every window (k^2 copies of keys and values): the weights
+    (:func:`local_attention_weights`) applied to the windows' values (:func:`apply_window_weights`).
 
     Args:
         q, k, v: (B, heads * d, H, W) queries, keys and values, heads split along the channels.
@@ -111,23 +156,8 @@ def local_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         - Input: q, k, v (B, heads * d, H, W); rel (heads, T, T, d)
         - Output: (B, heads * d, H, W)
     """
-    heads, _, _, d = rel.shape
-    _, _, height, width = q.shape
-    key, inside, attends, rel_idx = (t.to(q.device) for t in window_index(height, width, kernel_size, border))
-    q, k, v = (rearrange(t, "b (h d) y x -> b h (y x) d", h=heads) for t in (q, k, v))
-    keep = inside[..., None].to(q.dtype)  # zero padding: outside keys and values are 0
-
-    def gather(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # (..., N, d) -> (..., HW, k^2, d)
-        return t.index_select(-2, index.flatten()).unflatten(-2, index.shape)
-
-    k_win = gather(k, key) * keep  # (B, heads, HW, k^2, d)
-    v_win = gather(v, key) * keep
-    r_win = gather(rearrange(rel, "h u v d -> h (u v) d"), rel_idx)  # (heads, HW, k^2, d)
-    logits = torch.einsum("bhpd,bhpwd->bhpw", q, k_win + r_win) * scale
-    logits = logits.masked_fill(~attends, float("-inf"))
-    attn = logits.softmax(dim=-1)
-    out = torch.einsum("bhpw,bhpwd->bhpd", attn, v_win)
-    return rearrange(out, "b h (y x) d -> b (h d) y x", y=height)
+    return apply_window_weights(local_attention_weights(q, k, rel, kernel_size, border, scale), v, kernel_size,
+                                border)
 
 
 def local_attention_unfold(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel: torch.Tensor,

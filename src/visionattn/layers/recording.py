@@ -14,20 +14,22 @@ from the layer's own path, so it is unchanged.
 
 The kinds, and the tensor each hands over (exactly the one the layer applied, detached):
 
-==================== =================================================================================================
-``"channel"``        the channel gate that multiplies the input: (B, C, 1, 1) for SE, its variants, ECA, CBAM's
-                     channel part, gather-excite with the global extent; (B, C, h, w) for gather-excite with a
-                     local extent (the gate before it is resized to the map)
-``"spatial"``        the spatial gate: (B, 1, H, W) for CBAM's spatial part; BAM's 3-D map sigmoid(M_c + M_s),
-                     (B, C, H, W)
-``"branch"``         the weights over branches or experts: (B, M, C, 1, 1) for selective kernel (a softmax over the
-                     M paths per channel), (B, R, C, 1, 1) for split attention (over the R splits of each
-                     cardinal group's channels), (B, E) for CondConv (sigmoid) and dynamic convolution (softmax)
-``"attention"``      the (B', h, N_q, N_k) weights of a token attention step (:class:`~visionattn.layers.
-                     attention_core.Attention`), B' including the windows or blocks of windowed attention
+===================== ================================================================================================
+``"channel"``         the channel gate that multiplies the input: (B, C, 1, 1) for SE, its variants, ECA, CBAM's
+                      channel part, gather-excite with the global extent; (B, C, h, w) for gather-excite with a local
+                      extent (the gate before it is resized to the map)
+``"spatial"``         the spatial gate: (B, 1, H, W) for CBAM's spatial part; BAM's 3-D map sigmoid(M_c + M_s),
+                      (B, C, H, W)
+``"branch"``          the weights over branches or experts: (B, M, C, 1, 1) for selective kernel (a softmax over
+                      the M paths per channel), (B, R, C, 1, 1) for split attention (over the R splits of each
+                      cardinal group's channels, C in the output's order; with R = 1 the sigmoid gate,
+                      (B, 1, C, 1, 1)), (B, E) for CondConv (sigmoid) and dynamic convolution (softmax)
+``"attention"``       the (B', h, N_q, N_k) weights of a token attention step (:class:`~visionattn.layers.
+                      attention_core.Attention`), B' including the windows or blocks of windowed attention
 ``"local_attention"`` SASA's window weights, (B, h, H, W, k * k): pixel (y, x)'s softmax over its k x k window in
-                     raster order
-==================== =================================================================================================
+                      raster order (offsets -(k - 1) / 2 ... (k - 1) / 2); the SASA attention stem's the same, its
+                      even window at offsets -k / 2 ... k / 2 - 1
+===================== ================================================================================================
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from visionattn.layers.helpers import (
     pair,
     reduced_channels,
 )
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["SKAttention", "SelectiveKernel"]
@@ -77,7 +78,7 @@ class SKAttention(nn.Module):
                description="selective kernel: dilated 3x3 paths mixed per channel by a softmax",
                variants=({"out_channels": 64, "stride": 2}, {"groups": 8, "num_branches": 3},
                          {"groups": 1, "split_input": True}))
-class SelectiveKernel(nn.Module):
+class SelectiveKernel(Recordable, nn.Module):
     """Selective kernel convolution, SKNet's unit: Split (eq. 7.1), Fuse (eq. 7.2-7.4), Select (eq. 7.5-7.7).
 
     ``U_l = ReLU(BN(W_l * X))`` for l = 1..M, path l a kxk convolution with dilation l (the paper's figure
@@ -108,7 +109,11 @@ class SelectiveKernel(nn.Module):
     Shape:
         - Input: (B, C_in, H, W)
         - Output: (B, C, ceil(H / stride), ceil(W / stride))
+
+    Recordable, kind ``"branch"``: the weights a, (B, M, C, 1, 1), path l's weight for channel c at [:, l, c].
     """
+
+    record_kind = "branch"
 
     def __init__(self, channels: int, out_channels: int | None = None, stride: int = 1, groups: int = 32,
                  num_branches: int = 2, rd_ratio: float = 1 / 16, min_rd: int = 32,
@@ -164,6 +169,8 @@ class SelectiveKernel(nn.Module):
         for u in paths[1:]:
             fused = fused + u  # eq. 7.2
         a = self.attn.select(fused)
+        if self.recorder is not None:
+            self.recorder(self, a)
         out = a[:, 0] * paths[0]
         for level in range(1, self.num_paths):
             out += a[:, level] * paths[level]  # eq. 7.7; in place on a fresh product that nothing saved

@@ -25,6 +25,7 @@ from visionattn.layers.helpers import (
     pair,
     reduced_channels,
 )
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["SplitAttention", "SplitAttention0", "split_attention_width"]
@@ -47,7 +48,7 @@ def split_attention_width(channels: int, radix: int, groups: int, rd_ratio: floa
 @register_attn("splat", paper=_PAPER, family="branch", conv_like=True,
                description="split attention (ResNeSt): radix branches, softmax within each cardinal group",
                variants=({"out_channels": 64, "stride": 2}, {"groups": 2, "radix": 4, "dilation": 2}))
-class SplitAttention(nn.Module):
+class SplitAttention(Recordable, nn.Module):
     """Split-attention convolution (SplAt, eq. 8.1 then the fuse/select of eq. 7.2-7.7, per cardinal group).
 
     With cardinality K (``groups``) and radix R the input's channels are read as R x K blocks (radix-major,
@@ -75,7 +76,12 @@ class SplitAttention(nn.Module):
     Shape:
         - Input: (B, C_in, H, W)
         - Output: (B, C, ceil(H / stride), ceil(W / stride))
+
+    Recordable, kind ``"branch"``: the weights a, (B, R, C, 1, 1), with the output channels C in the output's
+    order (cardinal group-major); a sigmoid gate, (B, 1, C, 1, 1), when R = 1.
     """
+
+    record_kind = "branch"
 
     def __init__(self, channels: int, out_channels: int | None = None, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, groups: int = 1, radix: int = 2, rd_ratio: float = 0.25, min_rd: int = 32,
@@ -125,8 +131,10 @@ class SplitAttention(nn.Module):
         check_feature_map(x, self.channels, type(self).__name__)
         check_norm_batch(self, x)
         u = self.branches(x)
-        a = self._attention(u)
-        return (a[..., None, None] * u).sum(dim=1)  # eq. 7.7; a: (b, r, c) -> (b, r, c, 1, 1)
+        a = self._attention(u)[..., None, None]  # (b, r, c) -> (b, r, c, 1, 1)
+        if self.recorder is not None:
+            self.recorder(self, a)
+        return (a * u).sum(dim=1)  # eq. 7.7
 
 
 @register_attn("splat0", paper=_PAPER, family="branch", conv_like=True, variants=({"radix": 1},),

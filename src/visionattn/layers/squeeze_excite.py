@@ -18,6 +18,7 @@ from visionattn.layers.helpers import (
     create_act,
     reduced_channels,
 )
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["ChannelGate", "SqueezeExcite", "SEVar1", "SEVar2", "SEVar3"]
@@ -26,8 +27,13 @@ _SE_PAPER = "Hu et al. 2018, Squeeze-and-Excitation Networks"
 _ECA_PAPER = "Wang et al. 2020, ECA-Net (SE-Var ablations)"
 
 
-class ChannelGate(nn.Module):
-    """Squeeze (eq. 2.1), an excitation ``self.excite`` that subclasses define, gate, scale (eq. 2.3)."""
+class ChannelGate(Recordable, nn.Module):
+    """Squeeze (eq. 2.1), an excitation ``self.excite`` that subclasses define, gate, scale (eq. 2.3).
+
+    Recordable, kind ``"channel"``: the gate a, (B, C, 1, 1), that multiplies the input.
+    """
+
+    record_kind = "channel"
 
     def __init__(self, channels: int, gate_layer: LayerSpec) -> None:
         super().__init__()
@@ -44,7 +50,10 @@ class ChannelGate(nn.Module):
         return self.gate(self.excite(z))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)  # eq. 2.3
+        a = self.attention(x)
+        if self.recorder is not None:
+            self.recorder(self, a)
+        return x * a  # eq. 2.3
 
 
 @register_attn("se", paper=_SE_PAPER, family="channel",

@@ -77,22 +77,24 @@ class Picture:
     images: str = "photos"
     accepts: Callable[[nn.Module], bool] | None = None
     needs: str = ""
+    options: tuple[str, ...] = ()
 
 
 PICTURES: dict[str, Picture] = {}
+Draw = Callable[[Subject], "Figure"]
 
 
 def register_picture(name: str, *, description: str, default_model: str, images: str = "photos",
                      accepts: Callable[[nn.Module], bool] | None = None,
-                     needs: str = "") -> Callable[[Callable[[Subject], Figure]], Callable[[Subject], Figure]]:
+                     needs: str = "", options: tuple[str, ...] = ()) -> Callable[[Draw], Draw]:
     """Decorator: register ``draw`` as the picture ``name``."""
     if images not in IMAGE_SOURCES:
         raise ValueError(f"images: got {images!r}, needed one of {IMAGE_SOURCES}")
 
-    def add(draw: Callable[[Subject], Figure]) -> Callable[[Subject], Figure]:
+    def add(draw: Draw) -> Draw:
         if name in PICTURES:
             raise ValueError(f"picture {name!r} is registered twice")
-        PICTURES[name] = Picture(name, description, draw, default_model, images, accepts, needs)
+        PICTURES[name] = Picture(name, description, draw, default_model, images, accepts, needs, tuple(options))
         return draw
 
     return add
