@@ -12,7 +12,9 @@ Child et al. 2019 factorize causal attention so that each position attends O(sqr
 The stride is l = sqrt(n) (``--stride sqrt``, the paper's choice; 64 at n = 4096, the issue's target) or a fixed
 ``--stride L``; fixed uses c = l / 8 summary positions. Each cell is one forward + backward (gradients of q, k, v),
 the median of ``--reps`` calls after one warm-up call; the repetitions are interleaved (every method once per
-round), so that a slow patch of the machine hits all methods alike. Peak memory is that of one more forward +
+round), so that a slow patch of the machine hits all methods alike; ``--clock cpu`` times each call by this
+process's CPU time instead of the wall clock, so that other processes on shared cores do not inflate it (use it
+with ``--threads 1``: with more threads it counts their spin-waits too). Peak memory is that of one more forward +
 backward above what was allocated before it (:func:`visionattn.bench.peak_memory_bytes`: the profiler's tensor
 accounting). "pairs" is the number of query-key pairs the pattern attends over the dense causal count (the fast
 path computes somewhat more: whole blocks, then masked). The slope is the least-squares slope of log time against
@@ -20,7 +22,7 @@ log n over the sizes measured: 2 is quadratic, 1.5 is n sqrt(n). A cell predicte
 quadratic growth) to exceed ``--max-seconds`` is skipped and says so.
 
     python benchmarks/sparse_attention.py [--sizes 256 1024 4096 16384] [--stride sqrt] [--heads 4] [--dim 64]
-        [--batch 1] [--reps 5] [--threads 2] [--methods ...] [--max-seconds 60]
+        [--batch 1] [--reps 5] [--threads 2] [--clock wall] [--methods ...] [--max-seconds 60]
         [--markdown benchmarks/sparse_attention.md]
 """
 
@@ -95,13 +97,14 @@ def measure_size(n: int, methods: list[str], args: argparse.Namespace) -> dict[s
     """Interleaved medians of forward + backward ms, then the peak memory, for the methods at this n."""
     calls = {m: train_call(step_for(m, n, args.stride), n, args) for m in methods}
     times: dict[str, list[float]] = {m: [] for m in methods}
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for call in calls.values():
         call()  # warm-up
     for _ in range(args.reps):
         for m, call in calls.items():
-            start = time.perf_counter()
+            start = clock()
             call()
-            times[m].append((time.perf_counter() - start) * 1e3)
+            times[m].append((clock() - start) * 1e3)
     return {m: {"ms": statistics.median(times[m]), "peak_mib": peak_memory_bytes(calls[m], CPU) / 2**20}
             for m in methods}
 
@@ -164,6 +167,9 @@ def main() -> int:
     parser.add_argument("--dim", type=positive_int, default=64)
     parser.add_argument("--reps", type=positive_int, default=5)
     parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="time per call: wall clock (default), or this process's CPU time, which other "
+                             "processes on shared cores do not inflate (meaningful with --threads 1)")
     parser.add_argument("--max-seconds", type=float, default=60.0,
                         help="skip a cell whose forward + backward is predicted above this (default 60)")
     parser.add_argument("--markdown", type=Path, default=OUT, help=f"write the tables here (default {OUT.name})")
@@ -178,7 +184,7 @@ def main() -> int:
     header = (f"torch {torch.__version__} on {platform.machine()}, {torch.get_num_threads()} threads; batch "
               f"{args.batch}, {args.heads} heads of d = {args.dim}, fp32, causal; l = "
               f"{'sqrt(n)' if args.stride == 'sqrt' else args.stride}, fixed c = l / 8; forward + backward, "
-              f"medians of {args.reps} interleaved calls after one warm-up")
+              f"medians of {args.reps} interleaved calls after one warm-up ({args.clock} clock)")
     text = f"{header}\n\n{tables(results, args)}\n\n({time.perf_counter() - start:.0f} s in all)\n"
     print("\n" + text)
     args.markdown.write_text(text)

@@ -203,6 +203,18 @@ def _igpt_run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _show_args(p: argparse.ArgumentParser) -> None:
+    from visionattn.show.command import add_arguments
+
+    add_arguments(p)
+
+
+def _show_run(args: argparse.Namespace) -> int:
+    from visionattn.show.command import run
+
+    return run(args)
+
+
 def _compare_args(p: argparse.ArgumentParser) -> None:
     from visionattn.recipe import add_train_arguments
 
@@ -239,6 +251,18 @@ def _compare_interrupted(args: argparse.Namespace, argv: Sequence[str]) -> str:
             f"visionattn {shlex.join(argv)}")
 
 
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="the folder of a finished `visionattn compare` (its --out); "
+                   "report.html is written there (default runs/demo)")
+
+
+def _report_run(args: argparse.Namespace) -> int:
+    from visionattn.show.report import make_report
+
+    print(f"report: {make_report(args.out, argument='--out')}")
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -254,12 +278,16 @@ COMMANDS: dict[str, Command] = {
                       _layers_run),
     "compare": Command("train several models with one recipe and seeds and tabulate accuracy beside cost",
                        _compare_args, _compare_run, needs_train_extra=True, interrupted=_compare_interrupted),
+    "report": Command("one self-contained HTML page of a finished comparison: table, plots, pictures from its "
+                      "models, speed of its attention layers", _report_args, _report_run, needs_train_extra=True),
     "bench": Command("measure forward and training-step speed and peak memory", _bench_args, _bench_run),
     "info": Command("parameters, multiply-adds and a per-stage table of a model", _info_args, _info_run),
     "train": Command("train a model on Fashion-MNIST or an image folder (torchrun-ready, resumable)", _train_args,
                      _train_run, needs_train_extra=True),
     "igpt": Command("Image GPT: train by next-pixel prediction, sample, complete test images, linear probe",
                     _igpt_args, _igpt_run, needs_train_extra=True),
+    "show": Command("draw what an attention mechanism computes on real images (a trained run's model or an "
+                    "untrained one) as a PNG", _show_args, _show_run, needs_train_extra=True),
 }
 
 

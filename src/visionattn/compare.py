@@ -36,7 +36,7 @@ from visionattn.runlog import read_metrics
 from visionattn.train import train
 
 __all__ = ["run_comparison", "check_comparison", "check_output_dir", "measure_cost", "summarise", "write_outputs",
-           "plot_styles", "COLUMNS"]
+           "read_comparison", "verdict", "plot_styles", "COLUMNS"]
 
 COLUMNS = ["model", "top1_mean", "top1_std", "seeds", "params", "macs", "attn_macs", "train_img_s", "latency_ms",
            "peak_train_mb"]
@@ -44,6 +44,11 @@ COLUMNS = ["model", "top1_mean", "top1_std", "seeds", "params", "macs", "attn_ma
 
 def _run_dir(out: Path, model: str, seed: int) -> Path:
     return out / "runs" / f"{model}-seed{seed}"
+
+
+def _read_result(out: Path, model: str, seed: int) -> dict[str, Any]:
+    run_dir = _run_dir(out, model, seed)
+    return {**json.loads((run_dir / "result.json").read_text()), "run_dir": str(run_dir)}
 
 
 def _train_one(cfg: TrainConfig, out: Path, log: Any) -> dict[str, Any]:
@@ -55,7 +60,7 @@ def _train_one(cfg: TrainConfig, out: Path, log: Any) -> dict[str, Any]:
         resume = (run_dir / "config.json").is_file()
         log(f"{cfg.model} seed {cfg.seed}: {'resuming' if resume else 'training'} in {run_dir}")
         train(replace(cfg, run_dir=str(run_dir)), resume=resume)
-    return {**json.loads(result_path.read_text()), "run_dir": str(run_dir)}
+    return _read_result(out, cfg.model, cfg.seed)
 
 
 def measure_cost(model_name: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
@@ -130,6 +135,21 @@ def run_comparison(models: list[str], seeds: list[int], base: TrainConfig, out: 
         cost = _cost(out, model, shape, num_classes, cost_batch or base.batch_size, base, log)
         rows.append(summarise(model, results[model], cost))
     return rows
+
+
+def read_comparison(out: str | Path, argument: str = "out") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The plan (``models``, ``seeds``, ``recipe``) and the table rows of the finished comparison in ``out``, as
+    :func:`run_comparison` returned them, read back from its files without training or measuring anything."""
+    out = Path(out)
+    try:
+        plan = json.loads((out / "plan.json").read_text())
+        rows = [summarise(model, [_read_result(out, model, seed) for seed in plan["seeds"]],
+                          json.loads((out / "costs" / f"{model}.json").read_text())) for model in plan["models"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        why = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.strerror else repr(err)
+        raise UsageError(f"{argument}: {str(out)!r} holds no finished comparison ({why}); needed the folder of a "
+                         "visionattn compare run (its --out)") from None
+    return plan, rows
 
 
 def _flag(name: str, flags: bool) -> str:
@@ -249,19 +269,32 @@ def write_outputs(rows: list[dict[str, Any]], out: str | Path, baseline: str | N
 
 
 def _deltas(rows: list[dict[str, Any]], base: dict[str, Any]) -> str:
-    lines = [f"Against {base['model']}: top-1 change (points; spread is the larger of the two standard deviations)"]
+    lines = [f"Against {base['model']}: top-1 change (points; spread is the larger of the two standard deviations; "
+             "helped or hurt only where the change exceeds the spread and every seed lies beyond every seed of "
+             f"{base['model']})"]
     for r in rows:
         if r is base:
             continue
         delta, spread = r["top1_mean"] - base["top1_mean"], max(r["top1_std"], base["top1_std"])
-        if min(r["seeds"], base["seeds"]) < 2:
-            verdict = "one seed, no spread to judge it by"
-        else:
-            verdict = "helped" if delta > spread else "hurt" if delta < -spread else "within the spread"
-        lines.append(f"- {r['model']}: {delta:+.2f} (spread {spread:.2f}): {verdict}; "
+        lines.append(f"- {r['model']}: {delta:+.2f} (spread {spread:.2f}): {verdict(r, base)}; "
                      f"{r['params'] / max(base['params'], 1):.2f}x parameters, "
                      f"{r['latency_ms'] / max(base['latency_ms'], 1e-9):.2f}x latency")
     return "\n".join(lines)
+
+
+def verdict(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """``row`` against ``base`` (rows of :func:`summarise`): "helped" or "hurt" only where the means differ by more
+    than the larger standard deviation and every seed of one model lies beyond every seed of the other, else
+    "within the spread"; with one seed, "one seed, no spread to judge it by"."""
+    if min(row["seeds"], base["seeds"]) < 2:
+        return "one seed, no spread to judge it by"
+    delta, spread = row["top1_mean"] - base["top1_mean"], max(row["top1_std"], base["top1_std"])
+    accs, base_accs = ([run["test_acc"] for run in r["runs"]] for r in (row, base))
+    if delta > spread and min(accs) > max(base_accs):
+        return "helped"
+    if delta < -spread and max(accs) < min(base_accs):
+        return "hurt"
+    return "within the spread"
 
 
 # Every model its own colour and marker: tab20's strong colours first, then its light ones (tab20 pairs them,
@@ -283,6 +316,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     styles = plot_styles([r["model"] for r in rows])
     legend = {"fontsize": 7, "ncol": 2 if len(rows) > 8 else 1}
@@ -312,6 +346,7 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> None:
             colour, marker = styles[r["model"]]
             ax.plot(range(1, length + 1), mean, marker=marker, color=colour, label=r["model"])
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4 ticks on a short run
     ax.set_ylabel("test top-1 (%), mean over seeds")
     ax.grid(alpha=0.3)
     if ax.get_lines():

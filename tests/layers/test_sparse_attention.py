@@ -1,7 +1,8 @@
 """Sparse Transformer attention (Child et al. 2019): the patterns against their definitions written as loops and
 by hand, the combinations, the fast path against the dense oracle (forward and gradients, fp32 and bf16, n a
-multiple of the stride or not), that the fast path forms no n x n tensor, the attention core's log-sum-exp merge,
-the registered 2D layer against a direct computation, and usage errors."""
+multiple of the stride or not, the merged head at the edges: l = 1, c = l, n < l, many summary groups), that the
+fast path forms no n x n tensor and the merged head's forward copies no full-size tensor, the registered 2D layer
+against a direct computation, and usage errors. The log-sum-exp merge itself: test_attention_merge.py."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from visionattn.errors import UsageError
-from visionattn.layers.attention_core import AttentionRecorder, attention
-from visionattn.layers.attention_merge import AttentionPart, attention_with_lse, merge_attention, merged_attention
+from visionattn.layers.attention_core import AttentionRecorder
 from visionattn.layers.sparse_attention import SparseAttention, SparseSelfAttention2d, sparse_attention
 from visionattn.layers.sparse_patterns import combined_mask, heads_on_first, sparse_masks
 from visionattn.registry import create_attn
@@ -149,6 +149,26 @@ def test_fast_path_in_bf16_is_close_to_fp32_dense(pattern, combine):
         assert (g.float() - ref).norm() / ref.norm() < 3e-2
 
 
+# the merged head at the edges: l = 1, c = l, n < l (one block), n = 1, odd n, and m - 1 > 8 summary groups of
+# unequal sizes (n = 100, l = 3: m = 34)
+EDGES = [("strided", 7, 1, None), ("strided", 5, 8, None), ("strided", 1, 3, None), ("strided", 33, 5, None),
+         ("fixed", 10, 1, 1), ("fixed", 9, 3, 3), ("fixed", 5, 8, 2), ("fixed", 11, 4, 1), ("fixed", 100, 3, 2),
+         ("fixed", 1, 2, 1)]
+
+
+@pytest.mark.parametrize("pattern,n,stride,c", EDGES)
+@pytest.mark.parametrize("impl", ["fused", "explicit"])
+def test_merged_head_at_the_edges_equals_dense(pattern, n, stride, c, impl):
+    q, k, v = _qkv(b=1, h=2, n=n)
+    grad = torch.randn(1, 2, n, 4, generator=torch.Generator().manual_seed(1))
+    results = []
+    for path in (impl, "dense"):
+        out = sparse_attention(q, k, v, pattern, stride, c, "merged", impl=path)
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for fast, dense in zip(*results):
+        torch.testing.assert_close(fast, dense, atol=2e-6, rtol=1e-5)
+
+
 class _LargestTensor(TorchDispatchMode):
     """Records the element count of the largest tensor any operation returns."""
 
@@ -179,29 +199,6 @@ def test_the_fast_path_forms_no_n_by_n_tensor(pattern, combine):
     assert largest["auto"] <= n * n // 3
 
 
-def test_attention_with_lse_and_merge_attention():
-    q, k, v = (t.double() for t in _qkv(n=7))
-    mask = torch.rand(7, 7, generator=torch.Generator().manual_seed(2)) < 0.5
-    mask[3] = False  # a row with no key
-    out, lse = attention_with_lse(q, k, v, mask=mask)
-    torch.testing.assert_close(out, attention(q, k, v, mask=mask))
-    logits = (q @ k.transpose(-2, -1) / 2).masked_fill(~mask, -math.inf)
-    torch.testing.assert_close(lse, logits.logsumexp(-1))
-    assert (lse[:, :, 3] == -math.inf).all() and (out[:, :, 3] == 0).all()
-    grads = torch.autograd.grad(out.sum() + lse[:, :, torch.arange(7) != 3].sum(), (q, k, v))
-    assert all(torch.isfinite(g).all() for g in grads)  # no NaN from the empty row
-    union = mask | torch.eye(7, dtype=torch.bool)
-    left = torch.zeros_like(union)
-    left[:, :4] = union[:, :4]
-    parts = [attention_with_lse(q, k, v, mask=part) for part in (left, union & ~left)]
-    merged = merge_attention(parts)
-    torch.testing.assert_close(merged, attention(q, k, v, mask=union))
-    grads = torch.autograd.grad(merged.square().sum(), (q, k, v))
-    want = torch.autograd.grad(attention(q, k, v, mask=union).square().sum(), (q, k, v))
-    for g, w in zip(grads, want):
-        torch.testing.assert_close(g, w)
-
-
 @pytest.mark.parametrize("pattern", ["strided", "fixed"])
 def test_the_flash_merge_passes_gradcheck(pattern):
     q, k, v = (t.detach().double().requires_grad_() for t in _qkv(b=1, h=2, n=11, d=3))
@@ -209,13 +206,30 @@ def test_the_flash_merge_passes_gradcheck(pattern):
     torch.autograd.gradcheck(lambda *t: sparse_attention(*t, pattern, 3, summary, "merged", impl="fused"), (q, k, v))
 
 
-def test_merged_attention_refuses_what_it_cannot_do():
-    q, k, v = _qkv(n=4)
-    same = torch.nn.Identity()
-    with pytest.raises(UsageError, match="no dropout"):
-        merged_attention([AttentionPart(q, k, v, None, True, same, same)], dropout_p=0.1, impl="fused")
-    with pytest.raises(UsageError, match="first part must answer every row"):
-        merged_attention([AttentionPart(q, k, v, None, True, same, same, slice(0, 2))])
+class _Copies(TorchDispatchMode):
+    """Records the element count of every tensor an operation copies into (copy_, clone, contiguous)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.copy_, torch.ops.aten.clone):
+            self.sizes.append(args[0].numel())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("pattern", ["strided", "fixed"])
+def test_the_merged_heads_forward_copies_no_full_size_tensor(pattern):
+    """The parts take views of q, k, v as they are (blocks, columns, windows), and the first factor's output
+    becomes the merged one in place: only the fixed pattern's gathered summaries (c of every l) are copied."""
+    q, k, v = (t.detach() for t in _qkv(b=1, h=2, n=256, d=8))
+    with _Copies() as mode:
+        sparse_attention(q, k, v, pattern, 16, None if pattern == "strided" else 2, "merged", impl="fused")
+    assert max(mode.sizes, default=0) <= q.numel() * 2 // 16
+    with _Copies() as mode:
+        q.transpose(2, 3).contiguous()
+    assert mode.sizes == [q.numel()]  # a copy is seen: the check can fail
 
 
 def test_module_dense_and_fast_agree_and_dropout_only_in_training():

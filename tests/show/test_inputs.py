@@ -61,11 +61,16 @@ def test_a_run_is_reloaded_with_its_weights_classes_and_normalisation(run, fmnis
     assert subject.class_names == CLASSES and str(run) in subject.source
 
 
-def test_photographs_for_a_fashion_mnist_run_are_grey_28x28(run):
-    subject = build_subject(picture("photos"), checkpoint=run, count=2)
-    assert subject.images.shape == (2, 1, 28, 28) and subject.display.shape == (2, 28, 28, 3)
-    assert torch.equal(subject.display[..., 0], subject.display[..., 2])  # grey
-    assert subject.labels is None
+def test_a_photo_picture_of_a_fashion_mnist_run_shows_its_test_images(run, fmnist, tmp_path):
+    subject = build_subject(picture("photos"), checkpoint=run, data_dir=fmnist)
+    assert subject.images.shape == (10, 1, 28, 28) and subject.labels.tolist() == list(range(10))
+    assert "Fashion-MNIST test images (1 a class)" in subject.source
+    assert build_subject(picture("photos"), checkpoint=run, data_dir=fmnist, count=2).labels.shape == (20,)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((40, 30, 3), (200, 40, 10), np.uint8)).save(photo)
+    subject = build_subject(picture("photos"), checkpoint=run, image=photo)  # a file: grey 28 x 28 as the model reads
+    assert subject.images.shape == (1, 1, 28, 28) and subject.display.shape == (1, 28, 28, 3)
+    assert torch.equal(subject.display[..., 0], subject.display[..., 2])
 
 
 def test_load_classification_run_refuses_another_task_and_an_unfinished_run(run, tmp_path):

@@ -5,25 +5,28 @@ The patterns (``"strided"``, ``"fixed"``) and combinations (``"interleaved"``, `
 defined as boolean masks in :mod:`visionattn.layers.sparse_patterns`. ``impl="dense"`` is that definition run as
 one dense causal attention with the mask: the test oracle. Every other ``impl`` takes the fast path, which never
 forms an n x n tensor: the sequence is padded to m blocks of l (the padding lies after every real position, so
-causality alone keeps it out of every real query's keys; the output is cut back) and each factor becomes a batched
-dense attention through the attention core, at n sqrt(n) cost for l ~ sqrt(n):
+causality alone keeps it out of every real query's keys; the output is cut back), viewed as (B h, m, l, d), and each
+factor becomes a few batched dense attentions ("parts") over views of it, at n sqrt(n) cost for l ~ sqrt(n):
 
-- strided A(1), the previous l positions: query block b (l queries) against key blocks b - 1 and b (2l keys) with
-  the band mask 0 <= i - j < l: n * 2l pairs.
+- strided A(1), the previous l positions: block 0 causal on its own; every later block (l queries) against the
+  window of blocks b - 1 and b (2l keys, ``unfold``: a view) with the band mask 0 <= i - j < l: n * 2l pairs.
 - strided A(2), every l-th position: the sequence [m, l] is read as [l, m] (the official code's
-  ``strided_transpose``), so that each column of the image is a causal sequence of m: n * m pairs.
-- fixed A(1), its own block: m causal sequences of l: n * l pairs.
-- fixed A(2), the summary positions: every query against the m * c gathered summary keys with the causal mask:
-  n * m * c pairs, cut to about 5/8 of that by taking the queries in 4 groups of blocks, each against the
+  ``strided_transpose``, here a transposed view), so that each column of the image is a causal sequence of m:
+  n * m / 2 pairs.
+- fixed A(1), its own block: m causal sequences of l: n * l / 2 pairs.
+- fixed A(2), the summary positions: every query against the m * c gathered summary keys with the causal mask,
+  n * m * c pairs, cut to about 9/16 of that by taking the queries in 8 groups of blocks, each against the
   summaries up to its last block only.
 
-Each piece runs on the fused kernel (``F.scaled_dot_product_attention``; ``impl="explicit"`` forms the weights
+Each part runs on the fused kernel (``F.scaled_dot_product_attention``; ``impl="explicit"`` forms the weights
 instead). The merged head needs one softmax over A(1) u A(2): each factor's partial attention comes with the
-log-sum-exp of its rows and the parts are merged by them
-(:func:`~visionattn.layers.attention_merge.merged_attention`: on the CPU the flash kernel gives the log-sum-exps,
-and the backward is the kernel's own per part, with the gradient scaled by the part's share of the softmax). A key
-in both factors must count once, so the second part leaves out what the first has: strided A(2) without j = i (the
-column's strictly earlier rows), fixed A(2) without the own block (the summaries of earlier blocks only).
+log-sum-exp of its rows and the two are merged by them, lerp(S_1, S_2, sigmoid(lse_2 - lse_1))
+(:func:`~visionattn.layers.attention_merge.merged_attention`: on the CPU the parts go to the flash kernel as the
+views they are, the log-sum-exps come with its outputs, and the backward is the kernel's own per part, with the
+gradient scaled by the part's share of the softmax). A key in both factors must count once, so one factor leaves
+out what the other has; the first is the one that is a single part over every row (its output and gradients
+become the merged ones in place): strided A(2), then A(1) without j = i (block 0's first query then has no key
+there); fixed A(1), then A(2) without the own block (the summaries of earlier blocks only; block 0 has none).
 
 :class:`SparseSelfAttention2d` (``"sparse_strided"``, ``"sparse_fixed"``) is the layer over the pixels of a
 feature map in raster order, causal, with the stride defaulting to the map's width W: for ``"strided"`` a pixel then
@@ -32,7 +35,6 @@ attends the last W pixels (its row so far and the rest of the row above) and its
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -42,7 +44,7 @@ from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.attention_core import IMPLS, Attention, attention
-from visionattn.layers.attention_merge import AttentionPart, merged_attention
+from visionattn.layers.attention_merge import AttentionPart, cache_unless_compiling, merged_attention
 from visionattn.layers.helpers import check_feature_map, check_positive_int
 from visionattn.layers.self_attention import MultiHeadSelfAttention, head_dims
 from visionattn.layers.sparse_patterns import (
@@ -59,96 +61,136 @@ __all__ = ["SPARSE_IMPLS", "sparse_attention", "SparseAttention", "SparseSelfAtt
 SPARSE_IMPLS = (*IMPLS, "dense")
 _PAPER = "Child et al. 2019, Generating Long Sequences with Sparse Transformers"
 
-_SUMMARY_GROUPS = 4  # row groups of the fixed pattern's summary attention (see _fixed_summary)
-_TO_BLOCKS, _FROM_BLOCKS = "b h (m l) d -> (b h) m l d", "(b h) m l d -> b h (m l) d"
-_TO_COLUMNS, _FROM_COLUMNS = "b h (m l) d -> (b h) l m d", "(b h) l m d -> b h (m l) d"
+_SUMMARY_GROUPS = 8  # row groups of the fixed pattern's summary attention (see _fixed_summary)
+_ALL = slice(None)
+_TO_COMMON, _FROM_COMMON = "b h (m l) d -> (b h) m l d", "(b h) m l d -> b h (m l) d"
 
 
 def _same(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int, to: str,
-            back: str) -> tuple[list[torch.Tensor], Callable, Callable]:
-    """q, k, v in a layout of (B h)-batched short sequences, and the maps from it to (B, h, n, .) and back."""
-    return ([rearrange(x, to, l=stride) for x in (q, k, v)], partial(rearrange, pattern=back, h=q.shape[1]),
-            partial(rearrange, pattern=to, l=stride))
+def _columns(x: torch.Tensor) -> torch.Tensor:
+    """(N, M, L, .) <-> (N, L, M, .): the sequence [M, L] read as [L, M], each column a sequence (a view)."""
+    return x.transpose(1, 2)
 
 
-def _band_mask(m: int, stride: int, device: torch.device) -> torch.Tensor:
-    """(m, l, 2l): query s of block b (position b l + s) may attend key t of blocks [b - 1, b] (position
-    (b - 1) l + t) when 0 <= i - j = l + s - t < l; block 0 has no block before it."""
+def _blockwise(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """x with its leading axes reshaped to ``shape`` (a view where the strides allow)."""
+    return x.reshape(*shape, x.shape[-1])
+
+
+@cache_unless_compiling(8)
+def _local_masks(stride: int, strict: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strided A(1)'s masks (strict: without j = i): block 0's (l, l), query s may attend key t <= s (t < s); a
+    later block's (l, 2l) over the window of blocks [b - 1, b], key t (position (b - 1) l + t) when
+    0 <= i - j = l + s - t < l (0 < i - j). Cached (as are the summary masks): the same tensors for every call,
+    so that the merge converts them to the kernel's additive form once."""
     s = torch.arange(stride, device=device)[:, None]
     t = torch.arange(2 * stride, device=device)[None, :]
-    band = (t > s) & (t <= s + stride)
-    has_previous = torch.arange(m, device=device)[:, None, None] > 0
-    return band & (has_previous | (t >= stride))
+    return t[:, :stride] < s + int(not strict), (t > s) & (t < s + stride + int(not strict))
 
 
-def _strided_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int) -> AttentionPart:
-    (qb, kb, vb), to_common, from_common = _layout(q, k, v, stride, _TO_BLOCKS, _FROM_BLOCKS)
-    # each block's keys: the block before it (zeros before block 0, masked) and its own
-    keys, values = (torch.cat([F.pad(x, (0, 0, 0, 0, 1, 0))[:, :-1], x], dim=2) for x in (kb, vb))
-    return AttentionPart(qb, keys, values, _band_mask(qb.shape[1], stride, q.device), False, to_common, from_common)
-
-
-def _strided_column(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int,
-                    strict: bool) -> AttentionPart:
-    (qc, kc, vc), to_common, from_common = _layout(q, k, v, stride, _TO_COLUMNS, _FROM_COLUMNS)
-    m = qc.shape[2]
-    # strict: the earlier rows of the column only, since j = i is A(1)'s
-    mask = torch.ones(m, m, dtype=torch.bool, device=q.device).tril(-1) if strict else None
-    return AttentionPart(qc, kc, vc, mask, not strict, to_common, from_common)
-
-
-def _fixed_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int) -> AttentionPart:
-    (qb, kb, vb), to_common, from_common = _layout(q, k, v, stride, _TO_BLOCKS, _FROM_BLOCKS)
-    return AttentionPart(qb, kb, vb, None, True, to_common, from_common)
-
-
-def _fixed_summary(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int, c: int,
-                   strict: bool) -> list[AttentionPart]:
-    """Every query against the gathered summary keys (c of each block) it may attend, in a few row groups of
-    blocks: a group needs the summaries up to its last block only, so the masked rectangle shrinks towards the
-    causal triangle ((G + 1) / 2G of the n * m * c pairs for G groups) at the price of G calls."""
-    m = q.shape[2] // stride
-    keys, values = (rearrange(rearrange(x, "b h (m l) d -> b h m l d", l=stride)[:, :, :, stride - c:],
-                              "b h m c d -> b h (m c) d") for x in (k, v))
-    bounds = sorted({round(g * m / _SUMMARY_GROUPS) for g in range(_SUMMARY_GROUPS + 1)})
-    parts = []
-    for first, end in zip(bounds, bounds[1:]):
-        seen = end - 1 if strict else end  # the key blocks this group's queries may attend: strict, earlier only
-        if not seen:
-            continue
-        rows = slice(first * stride, end * stride)
-        i = torch.arange(rows.start, rows.stop, device=q.device)[:, None]
-        j = torch.arange(seen * c, device=q.device)
-        # strict: the summaries of earlier blocks only (the own block's are A(1)'s); else every one so far
-        mask = j // c < i // stride if strict else (j // c) * stride + (stride - c) + j % c <= i
-        parts.append(AttentionPart(q[:, :, rows], keys[:, :, : seen * c], values[:, :, : seen * c], mask, False,
-                                   _same, _same, rows))
+def _strided_local(k: torch.Tensor, v: torch.Tensor, strict: bool) -> list[AttentionPart]:
+    """A(1): block 0 on its own; every later block against the window of the block before it and its own (2l
+    keys, a view: ``unfold``) with the band mask. Strict (without j = i, the column's in the merged head): query 0
+    has no key, which the merge allows in its second factor."""
+    n, m, stride, _ = k.shape
+    first, band = _local_masks(stride, strict, k.device)
+    parts = [AttentionPart(0, 1, k[:, :1], v[:, :1], first, False, _same, _same, (((_ALL, slice(0, 1)), _same),))]
+    if m > 1:
+        windows = [x.reshape(n, m * stride, x.shape[-1]).unfold(1, 2 * stride, stride).transpose(2, 3)
+                   for x in (k, v)]
+        halves = (((_ALL, slice(0, m - 1)), lambda g: g[:, :, :stride]),  # the block before: keys t < l
+                  ((_ALL, slice(1, m)), lambda g: g[:, :, stride:]))
+        parts.append(AttentionPart(1, m, *windows, band, False, _same, _same, halves))
     return parts
 
 
-def _pieces(pattern: str, factor: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int,
-            c: int | None, strict: bool = False) -> list[AttentionPart]:
+def _strided_column(k: torch.Tensor, v: torch.Tensor) -> list[AttentionPart]:
+    """A(2): the sequence read as [l, m], each column a causal sequence of m (views; the kernel's output and
+    gradients come back in the common layout)."""
+    return [AttentionPart(0, k.shape[1], _columns(k), _columns(v), None, True, _columns, _columns,
+                          (((_ALL,), _columns),))]
+
+
+def _own_block(k: torch.Tensor, v: torch.Tensor) -> list[AttentionPart]:
+    """Fixed A(1): m causal sequences of l, batched as N m sequences (the kernel's output and gradients are then
+    in the common layout)."""
+    n, m, stride, _ = k.shape
+    return [AttentionPart(0, m, *(_blockwise(x, (n * m, 1, stride)) for x in (k, v)), None, True,
+                          partial(_blockwise, shape=(n * m, 1, stride)), partial(_blockwise, shape=(n, m, stride)),
+                          (((_ALL,), partial(_blockwise, shape=(n, m, stride))),))]
+
+
+@cache_unless_compiling(8)
+def _summary_masks(bounds: tuple[int, ...], stride: int, c: int, strict: bool,
+                   device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The masks of the summary groups [b_0, b_1) (see :func:`_fixed_summary`), views of one base: with x the key's
+    index counted from the group's first summary (b_0 c), the rule depends on the row r in the group and x
+    only. Strict: block(x) < block(r), the summaries of earlier blocks; else position(x) <= r."""
+    sizes = [end - first for first, end in zip(bounds, bounds[1:])]
+    before, most = bounds[-2] * c, max(sizes)
+    r = torch.arange(most * stride, device=device)[:, None]
+    x = torch.arange(-before, most * c, device=device)[None, :]
+    base = x // c < r // stride if strict else (x // c) * stride + (stride - c) + x % c <= r
+    return tuple(base[: size * stride, before - first * c : before + (end - int(strict)) * c - first * c]
+                 for first, end, size in zip(bounds, bounds[1:], sizes))
+
+
+def _fixed_summary(k: torch.Tensor, v: torch.Tensor, c: int, strict: bool) -> list[AttentionPart]:
+    """Fixed A(2): the queries of a few row groups of blocks, each against the gathered summary keys (c of each
+    block) up to its last block only, so the masked rectangle shrinks towards the block-causal triangle
+    ((G + 1) / 2G of the n m c pairs for G groups) at the price of G calls. Strict: the summaries of earlier
+    blocks only (the own block's are A(1)'s), so block 0 has none."""
+    n, m, stride, _ = k.shape
+    first = int(strict)
+    if m == first:
+        return []
+    gathered = [x[:, : m - first, stride - c :].reshape(n, (m - first) * c, x.shape[-1]) for x in (k, v)]
+    bounds = tuple(sorted({first + round(g * (m - first) / _SUMMARY_GROUPS) for g in range(_SUMMARY_GROUPS + 1)}))
+    masks = _summary_masks(bounds, stride, c, strict, k.device)
+    parts = []
+    for start, stop, mask in zip(bounds, bounds[1:], masks):
+        seen = stop - first  # the blocks whose summaries this group may attend
+        add = (((_ALL, slice(0, seen), slice(stride - c, None)), partial(_blockwise, shape=(n, seen, c))),)
+        parts.append(AttentionPart(start, stop, *(x[:, None, : seen * c] for x in gathered), mask, False,
+                                   partial(_blockwise, shape=(n, 1, (stop - start) * stride)),
+                                   partial(_blockwise, shape=(n, stop - start, stride)),
+                                   add))
+    return parts
+
+
+def _parts(pattern: str, factor: int, k: torch.Tensor, v: torch.Tensor, c: int | None,
+           strict: bool = False) -> list[AttentionPart]:
+    """One factor's parts on the common (N, m, l, .) layout of k and v; ``strict``: without the other factor's
+    keys (strided A(1) without j = i, fixed A(2) without the own block's summaries)."""
     if pattern == "strided":
-        return [_strided_local(q, k, v, stride) if factor == 0 else _strided_column(q, k, v, stride, strict)]
-    if factor == 0:
-        return [_fixed_block(q, k, v, stride)]
-    return _fixed_summary(q, k, v, stride, c, strict)  # type: ignore[arg-type]
+        return _strided_local(k, v, strict) if factor == 0 else _strided_column(k, v)
+    return _own_block(k, v) if factor == 0 else _fixed_summary(k, v, c, strict)  # type: ignore[arg-type]
+
+
+def _merged_factors(pattern: str, c: int | None, q: torch.Tensor, k: torch.Tensor,
+                    v: torch.Tensor) -> tuple[AttentionPart, list[AttentionPart]]:
+    """The merged head's two factors for :func:`~visionattn.layers.attention_merge.merged_attention`, each key
+    once: the one with a single part over every row first (its output and gradients are the merged ones, in
+    place), the other without the first's keys. Strided: A(2), then A(1) without j = i; fixed: A(1), then A(2)
+    without the own block's summaries."""
+    first = 1 if pattern == "strided" else 0
+    return _parts(pattern, first, k, v, c)[0], _parts(pattern, 1 - first, k, v, c, strict=True)
 
 
 def _factor(pattern: str, factor: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int,
             c: int | None, dropout_p: float, impl: str) -> torch.Tensor:
-    """One factor alone: its pieces answer consecutive rows (all of them), so their outputs are concatenated.
-    ``"auto"`` is the fused kernel for every piece: batched over (B h) x blocks it beats the explicit path even
-    where each block is short (forward + backward at n = 256 to 4096, one thread: 1.0-1.6x)."""
-    impl = "fused" if impl == "auto" else impl
-    outs = [part.to_common(attention(part.q, part.k, part.v, mask=part.mask, causal=part.causal,
-                                     dropout_p=dropout_p, impl=impl))
-            for part in _pieces(pattern, factor, q, k, v, stride, c)]
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    """One factor alone: its parts answer consecutive row blocks (all of them), so their outputs are
+    concatenated. ``"auto"`` is the fused kernel for every part: batched over (B h) x blocks it beats the explicit
+    path even where each block is short (forward + backward at n = 256 to 4096, one thread: 1.0-1.6x)."""
+    impl, heads = "fused" if impl == "auto" else impl, q.shape[1]
+    q, k, v = (rearrange(t, _TO_COMMON, l=stride) for t in (q, k, v))
+    outs = [part.unlay(attention(part.lay(q[:, part.start : part.stop]), part.k, part.v, mask=part.mask,
+                                 causal=part.causal, dropout_p=dropout_p, impl=impl))
+            for part in _parts(pattern, factor, k, v, c)]
+    return rearrange(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1), _FROM_COMMON, h=heads)
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -192,14 +234,14 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     pad = -n % stride
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    if combine == "merged":  # A(2) without what A(1) has: each key once in the one softmax
-        parts = [*_pieces(pattern, 0, q, k, v, stride, c), *_pieces(pattern, 1, q, k, v, stride, c, strict=True)]
-        out = merged_attention(parts, dropout_p, impl=impl)
-    elif combine == "interleaved":
-        out = _factor(pattern, factor, q, k, v, stride, c, dropout_p, impl)
+    if combine == "merged":  # one factor without the other's keys: each key once in the one softmax
+        out = merged_attention(*(rearrange(t, _TO_COMMON, l=stride) for t in (q, k, v)),
+                               partial(_merged_factors, pattern, c), dropout_p, impl=impl)
+        out = rearrange(out, _FROM_COMMON, h=heads)
     else:
+        factors = [(factor, _ALL)] if combine == "interleaved" else [(0, slice(None, first)), (1, slice(first, None))]
         out = torch.cat([_factor(pattern, f, q[:, part], k[:, part], v[:, part], stride, c, dropout_p, impl)
-                         for f, part in ((0, slice(None, first)), (1, slice(first, None)))], dim=1)
+                         for f, part in factors], dim=1)
     return out[:, :, :n] if pad else out
 
 

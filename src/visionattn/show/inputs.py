@@ -328,16 +328,31 @@ def _check_pixel(options: dict[str, Any], shape: tuple[int, int, int] | None) ->
                          f"{shape[1]}, 0 <= X < {shape[2]})")
 
 
+def _trained_on_fashion_mnist(checkpoint: str | os.PathLike | None) -> bool:
+    """Whether ``checkpoint`` is a run trained on Fashion-MNIST (False where its configuration cannot be read: the
+    loader says why, later)."""
+    try:
+        return json.loads((Path(checkpoint) / "config.json").read_text())["data"]["name"] == "fashion-mnist"
+    except (TypeError, OSError, ValueError, KeyError):
+        return False
+
+
 def _source_pixels(picture: Picture, image: Sequence[str | os.PathLike] | None, count: int | None,
-                   data_dir: str | os.PathLike | None) -> tuple[list[np.ndarray], torch.Tensor | None, list[str] | None,
-                                                                str]:
-    """(pixels, labels, class names, caption) of the images to show."""
+                   data_dir: str | os.PathLike | None,
+                   checkpoint: str | os.PathLike | None) -> tuple[list[np.ndarray], torch.Tensor | None,
+                                                                  list[str] | None, str]:
+    """(pixels, labels, class names, caption) of the images to show. A picture of photographs drawn from a run
+    trained on Fashion-MNIST shows Fashion-MNIST test images instead (one a class unless ``count`` says more): what
+    the model was trained to see, not photographs shrunk to 28 x 28 grey."""
     if image:
         return file_pixels(image), None, None, ", ".join(map(str, image))
+    per_class = DEFAULT_COUNT["fashion-mnist"]
     if picture.images == "photos":
-        n = count or DEFAULT_COUNT["photos"]
-        return photo_pixels(n), None, None, f"scikit-image's photographs {', '.join(PHOTOS[:n])}"
-    pixels, labels, classes = fashion_pixels(count or DEFAULT_COUNT["fashion-mnist"], data_dir, count is not None)
+        if checkpoint is None or not _trained_on_fashion_mnist(checkpoint):
+            n = count or DEFAULT_COUNT["photos"]
+            return photo_pixels(n), None, None, f"scikit-image's photographs {', '.join(PHOTOS[:n])}"
+        per_class = 1
+    pixels, labels, classes = fashion_pixels(count or per_class, data_dir, count is not None)
     return pixels, labels, classes, f"{len(pixels)} Fashion-MNIST test images ({len(pixels) // len(classes)} a class)"
 
 
@@ -364,7 +379,7 @@ def build_subject(picture: Picture, *, checkpoint: str | os.PathLike | None = No
     image = [image] if isinstance(image, (str, os.PathLike)) else list(image or [])
     options = dict(options or {})
     _check_arguments(picture, checkpoint, image, model, count)
-    shown = _source_pixels(picture, image, count, data_dir) if picture.images != "none" else None
+    shown = _source_pixels(picture, image, count, data_dir, checkpoint) if picture.images != "none" else None
     if not picture.default_model:
         return Subject(None, "", True, options=options)
     loaded = _from_checkpoint(picture, checkpoint, model) if checkpoint is not None else _untrained(picture, model)
