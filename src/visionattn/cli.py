@@ -26,7 +26,7 @@ from visionattn.formats import PRECISIONS
 __all__ = ["main", "build_parser", "COMMANDS", "TRAIN_EXTRA"]
 
 # the `train` extra (pyproject.toml): what train and compare need beyond torch
-TRAIN_EXTRA = ("tqdm", "matplotlib", "safetensors", "PIL")
+TRAIN_EXTRA = ("tqdm", "matplotlib", "safetensors", "PIL", "skimage")
 _INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the repository)"
 
 

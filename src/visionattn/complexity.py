@@ -42,7 +42,7 @@ from visionattn.layers.attention_core import Attention
 from visionattn.registry import create_attn_for_size, get_attn_entry, list_attn
 
 __all__ = ["count_params", "count_macs", "count_training_macs", "mac_counts", "MacCounts", "MacCounter",
-           "check_shape", "layer_rows", "buildable_layer_rows", "format_table"]
+           "check_shape", "layer_rows", "buildable_layer_rows", "format_table", "human_number"]
 
 
 def _register_cpu_sdpa_formulas() -> None:
@@ -231,7 +231,7 @@ def layer_rows(channels: int = 64, size: tuple[int, int] = (56, 56)) -> list[dic
     return rows
 
 
-def _human(n: float) -> str:
+def human_number(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
@@ -240,7 +240,7 @@ def _human(n: float) -> str:
 
 def format_table(rows: list[dict[str, object]], columns: list[str], human: tuple[str, ...] = ()) -> str:
     """A Markdown table of ``rows`` restricted to ``columns``; numbers in ``human`` get K/M/G suffixes."""
-    cells = [[(_human(r[c]) if c in human else str(r[c])) for c in columns] for r in rows]  # type: ignore[arg-type]
+    cells = [[(human_number(r[c]) if c in human else str(r[c])) for c in columns] for r in rows]  # type: ignore[arg-type]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]

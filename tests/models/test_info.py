@@ -7,7 +7,7 @@ import re
 import pytest
 
 from visionattn.cli import main
-from visionattn.complexity import _human
+from visionattn.complexity import human_number
 from visionattn.info import build_for_input, model_info
 from visionattn.layers.attention_core import Attention
 
@@ -65,7 +65,7 @@ def test_info_shows_attention_macs_beside_the_total(capsys):
     macs, attn = map(float, re.search(r"([\d.]+) GMACs, ([\d.]+) of them in attention", out).groups())
     assert attn == pytest.approx(depth * per_block / 1e9, abs=5e-4) and 0 < attn < macs
     assert re.search(r"\| name\s+\| output\s+\| params\s+\| macs\s+\| attn_macs\s+\|", out)
-    assert re.search(rf"\| blocks\.0\s+\|[^|]+\|[^|]+\|[^|]+\| {re.escape(_human(per_block))}\s+\|", out)
+    assert re.search(rf"\| blocks\.0\s+\|[^|]+\|[^|]+\|[^|]+\| {re.escape(human_number(per_block))}\s+\|", out)
 
 
 def test_vit_rows_split_the_attention_macs_by_block():

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionattn.compare import read_comparison, verdict
-from visionattn.complexity import _human as human_number
+from visionattn.complexity import human_number
 from visionattn.errors import UsageError, check_choice, check_positive, check_writable_dir
 from visionattn.show.registry import Picture, Subject
 from visionattn.show.speed import REFERENCE, SpeedTable
