@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from visionattn.argtypes import non_negative_int, positive_int
 from visionattn.errors import UsageError, check_names
 from visionattn.formats import PRECISIONS
 
@@ -31,22 +32,6 @@ _INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the r
 
 
 # ------------------------------------------------------------------------------------ argument types (no torch)
-def _count(low: int, needed: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"got {text!r}, needed {needed}")
-        return value
-
-    parse.__name__ = needed
-    return parse
-
-
-positive_int = _count(1, "a positive integer")
-non_negative_int = _count(0, "an integer >= 0")
 
 
 def shape_arg(text: str) -> tuple[int, int, int]:

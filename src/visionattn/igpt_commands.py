@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visionattn.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
 from visionattn.errors import UsageError
 
 if TYPE_CHECKING:
@@ -27,40 +28,18 @@ PAD = 2  # pixels between the cells of a grid
 _RUN_HELP = "the run directory of `visionattn igpt train` (its final weights, config and palette) (required)"
 
 
-# ------------------------------------------------------------------------------------- argument types (no torch)
-def _number(kind: type, low: float, needed: str, open_low: bool = False) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or value != value or value in (float("inf"), float("-inf")) or (
-                value <= low if open_low else value < low):
-            raise argparse.ArgumentTypeError(f"got {text!r}, needed {needed}")
-        return value
-
-    parse.__name__ = needed
-    return parse
-
-
-_positive_int = _number(int, 1, "a positive integer")
-_seed = _number(int, 0, "an integer >= 0")
-_positive_float = _number(float, 0.0, "a number > 0", open_low=True)
-_non_negative_float = _number(float, 0.0, "a number >= 0")
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN", help=_RUN_HELP)
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
 def _sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=_positive_float, default=1.0,
+    p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="softmax temperature: below 1 sharper, above 1 flatter (default 1.0)")
-    p.add_argument("--top-k", type=_positive_int, default=None,
+    p.add_argument("--top-k", type=positive_int, default=None,
                    help="draw among the k most likely levels only (default: all levels)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the draws (default 0)")
-    p.add_argument("--scale", type=_positive_int, default=4, help="screen pixels per image pixel (default 4)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--scale", type=positive_int, default=4, help="screen pixels per image pixel (default 4)")
     p.add_argument("--out", required=True, metavar="PNG", help="the PNG file to write (required)")
 
 
@@ -144,8 +123,8 @@ def complete_images(run: Any, images: torch.Tensor, completions: int, temperatur
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--num", type=_positive_int, default=16, help="images to draw (default 16)")
-    p.add_argument("--columns", type=_positive_int, default=None,
+    p.add_argument("--num", type=positive_int, default=16, help="images to draw (default 16)")
+    p.add_argument("--columns", type=positive_int, default=None,
                    help="grid columns (default: the square root of --num, rounded up)")
     _sampling(p)
 
@@ -170,8 +149,8 @@ def _sample_run(args: argparse.Namespace) -> int:
 
 def _complete_args(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--num-images", type=_positive_int, default=8, help="test images, the first ones (default 8)")
-    p.add_argument("--completions", type=_positive_int, default=4, help="completions of each image (default 4)")
+    p.add_argument("--num-images", type=positive_int, default=8, help="test images, the first ones (default 8)")
+    p.add_argument("--completions", type=positive_int, default=4, help="completions of each image (default 4)")
     p.add_argument("--data-dir", default=None,
                    help="where the run's data are now (default: where the run read them)")
     _sampling(p)
@@ -204,16 +183,16 @@ def _complete_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------- probe
 def _probe_args(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("--layer", type=_number(int, 0, "an integer >= 0"), default=None,
+    p.add_argument("--layer", type=non_negative_int, default=None,
                    help="the block whose output is probed, from 1 (default: the middle one, depth // 2)")
-    p.add_argument("--train-subset", type=_positive_int, default=None,
+    p.add_argument("--train-subset", type=positive_int, default=None,
                    help="fit the classifier on this many training images, class-balanced (default: the run's "
                         "training images)")
-    p.add_argument("--l2", type=_non_negative_float, default=1.0,
+    p.add_argument("--l2", type=non_negative_float, default=1.0,
                    help="L2 penalty: the classifier minimises the summed cross-entropy + l2 / 2 ||W||^2 "
                         "(scikit-learn's C = 1 / l2) (default 1.0)")
-    p.add_argument("--max-iter", type=_positive_int, default=500, help="L-BFGS iterations at most (default 500)")
-    p.add_argument("--batch-size", type=_positive_int, default=200, help="images per forward pass (default 200)")
+    p.add_argument("--max-iter", type=positive_int, default=500, help="L-BFGS iterations at most (default 500)")
+    p.add_argument("--batch-size", type=positive_int, default=200, help="images per forward pass (default 200)")
     p.add_argument("--data-dir", default=None, help="where the run's data are now (default: where the run read them)")
 
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visionattn.argtypes import non_negative_int, positive_int
 from visionattn.errors import UsageError, check_writable_dir, did_you_mean
 
 if TYPE_CHECKING:
@@ -33,20 +33,6 @@ _OWN_FLAGS = ("pixel", "head", "layer")  # the options with a flag of their own
 
 
 # ------------------------------------------------------------------------------------- argument types (no torch)
-def _whole(low: int, needed: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"got {text!r}, needed {needed}")
-        return value
-
-    parse.__name__ = needed
-    return parse
-
-
 def pixel_arg(text: str) -> tuple[int, int]:
     """``"12,30"`` -> ``(12, 30)``: a pixel's row and column, both >= 0."""
     try:
@@ -84,12 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", nargs="+", default=None, metavar="PATH",
                    help="image files to show, fitted to the model's input (default: the picture's own images: "
                         "scikit-image's photographs or Fashion-MNIST test images)")
-    p.add_argument("--count", type=_whole(1, "a positive integer"), default=None, metavar="N",
+    p.add_argument("--count", type=positive_int, default=None, metavar="N",
                    help="how many photographs (at most 4), or Fashion-MNIST test images of each class "
                         "(default 4 photographs, 20 images a class)")
     p.add_argument("--pixel", type=pixel_arg, default=None, metavar="Y,X",
                    help="the query pixel, for pictures of one pixel's attention (default: the picture's choice)")
-    p.add_argument("--head", type=_whole(0, "an integer >= 0"), default=None, metavar="H",
+    p.add_argument("--head", type=non_negative_int, default=None, metavar="H",
                    help="the attention head to show (default: the picture's choice)")
     p.add_argument("--layer", default=None, metavar="NAME",
                    help="the module name of the layer to show, e.g. layer2.0.attn (default: the picture's choice)")
@@ -103,7 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="folder holding the Fashion-MNIST files (default: $VISIONATTN_DATA_DIR, then "
                         "/usr/share/datasets/fashion-mnist)")
-    p.add_argument("--threads", type=_whole(1, "a positive integer"), default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--list", action="store_true", help="list the pictures and their default models (default: off)")
 
