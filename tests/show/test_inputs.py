@@ -19,7 +19,8 @@ from tests.igpt_support import tiny_config
 from visionattn.data.fashion_mnist import CLASSES
 from visionattn.errors import UsageError
 from visionattn.models.pretrained import FASHION_MNIST_MEAN, FASHION_MNIST_STD, IMAGENET_MEAN, IMAGENET_STD
-from visionattn.show.inputs import PHOTOS, build_subject, fit_images, load_classification_run
+from visionattn.runs import load_classification_run
+from visionattn.show.inputs import PHOTOS, build_subject, fit_images
 from visionattn.show.registry import Picture
 from visionattn.train import train
 

@@ -5,8 +5,8 @@ The model:
 
 - ``checkpoint``: the directory of a finished run. A ``visionattn train`` run is rebuilt from its ``config.json``
   (the config, the data's input shape and classes, the normalisation) with the classification task's
-  ``build_model`` and its final ``model.safetensors`` (:func:`load_classification_run`; nothing pickled is read);
-  a ``visionattn igpt train`` run by :func:`visionattn.igpt_task.load_run` (its palette too).
+  ``build_model`` and its final ``model.safetensors`` (:func:`visionattn.runs.load_classification_run`; nothing
+  pickled is read); a ``visionattn igpt train`` run by :func:`visionattn.igpt_task.load_run` (its palette too).
 - otherwise the picture's ``default_model`` (or ``model``), untrained, built after ``torch.manual_seed(0)``: for
   Fashion-MNIST images at 1x28x28 (10 classes), else for the model's own input (3x224x224 for the ImageNet models,
   1x28x28 for the Fashion-MNIST-size ones, whose photographs are then grey 28x28; an Image GPT at its configured
@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,94 +38,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionattn.errors import CheckpointError, UsageError, unknown_name
+from visionattn.errors import UsageError, unknown_name
+from visionattn.runs import check_run_dir, load_classification_run
 from visionattn.show.registry import Picture, Subject
 
 if TYPE_CHECKING:
     from visionattn.models.palette import Palette
-    from visionattn.recipe import TrainConfig
 
-__all__ = ["PHOTOS", "PHOTO_INPUT", "FASHION_INPUT", "DEFAULT_COUNT", "ClassificationRun", "load_classification_run",
-           "build_subject", "fit_images", "photo_pixels", "fashion_pixels", "file_pixels"]
+__all__ = ["PHOTOS", "PHOTO_INPUT", "FASHION_INPUT", "DEFAULT_COUNT", "build_subject", "fit_images", "photo_pixels",
+           "fashion_pixels", "file_pixels"]
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's bundled sample photographs (skimage.data)
 PHOTO_INPUT = (3, 224, 224)
 FASHION_INPUT = (1, 28, 28)
 DEFAULT_COUNT = {"photos": len(PHOTOS), "fashion-mnist": 20}  # photographs; Fashion-MNIST images per class
-_RUN = "the directory of a finished `visionattn train` (or `visionattn igpt train`) run"
 _INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the repository)"
-
-
-# ------------------------------------------------------------------------------------------- a finished run
-@dataclass
-class ClassificationRun:
-    """A finished ``visionattn train`` run: its config, final model (eval mode, CPU), input (C, H, W), class names,
-    the normalisation it trained with and its ``result.json``."""
-
-    folder: Path
-    cfg: TrainConfig
-    model: nn.Module
-    image_shape: tuple[int, int, int]
-    classes: list[str]
-    mean: list[float]
-    std: list[float]
-    result: dict[str, Any]
-
-
-def _check_run_dir(folder: Path, argument: str) -> None:
-    if not folder.is_dir():
-        what = "is a file" if folder.exists() else "does not exist"
-        raise UsageError(f"{argument}: {folder} {what}; needed {_RUN}")
-    if not (folder / "config.json").is_file():
-        raise UsageError(f"{argument}: {folder} holds no config.json; needed {_RUN}")
-
-
-def _normalisation(config: dict[str, Any], metadata: dict[str, str]) -> tuple[list[float], list[float]]:
-    """The run's (mean, std): ``config.json``'s record, else the weights' metadata (both written by the trainer)."""
-    record = config.get("normalize") or {"mean": json.loads(metadata["mean"]), "std": json.loads(metadata["std"])}
-    return [float(v) for v in record["mean"]], [float(v) for v in record["std"]]
-
-
-def load_classification_run(run_dir: str | os.PathLike, argument: str = "--checkpoint") -> ClassificationRun:
-    """Reload a finished ``visionattn train`` run from its directory (``config.json``, ``result.json`` and
-    ``model.safetensors``; nothing pickled is read), its model built as the trainer built it.
-
-    Raises:
-        UsageError: ``argument`` is not a run directory, a run of another task, or unfinished.
-        CheckpointError: an unreadable configuration, or weights that do not fit the model.
-    """
-    from visionattn.checkpoint import load_weights
-    from visionattn.recipe import TrainConfig
-    from visionattn.tasks import ClassificationTask
-    from visionattn.train_checks import finished_result, saved_task
-
-    folder = Path(run_dir)
-    _check_run_dir(folder, argument)
-    if saved_task(folder) != ClassificationTask.name:
-        raise UsageError(f"{argument}: {folder} is a {saved_task(folder)} run, not a classification run; needed the "
-                         "directory of a finished `visionattn train` run")
-    result = finished_result(folder)
-    if result is None:
-        raise UsageError(f"{argument}: {folder} has no final weights and result (model.safetensors, result.json): "
-                         f"the run is unfinished; finish it with `visionattn train --resume {folder}`")
-    config_path = folder / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-        names = {f.name for f in fields(TrainConfig)}
-        cfg = TrainConfig(**{k: v for k, v in config["config"].items() if k in names})
-        data = config["data"]
-        shape = (int(data["in_chans"]), *(int(v) for v in data["image_size"]))
-        num_classes, classes = int(data["num_classes"]), [str(c) for c in data.get("classes") or []]
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise CheckpointError(f"{config_path}: unreadable run configuration ({err})") from None
-    model = ClassificationTask.build_model(cfg, shape, num_classes)  # type: ignore[arg-type]
-    metadata = load_weights(folder / "model.safetensors", model, cfg.model)
-    try:
-        mean, std = _normalisation(config, metadata)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{config_path}: no readable normalisation ({err}); needed a run of `visionattn "
-                              "train`, which records it") from None
-    return ClassificationRun(folder, cfg, model.eval(), shape, classes, mean, std, result)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -158,7 +85,7 @@ def _from_checkpoint(picture: Picture, checkpoint: str | os.PathLike, model_name
     from visionattn.train_checks import saved_task
 
     folder = Path(checkpoint)
-    _check_run_dir(folder, "--checkpoint")
+    check_run_dir(folder, "--checkpoint")
     if saved_task(folder) == "next-pixel":
         from visionattn.igpt_task import load_run
 
