@@ -21,14 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from visionattn.argtypes import non_negative_int, positive_int
-from visionattn.errors import UsageError, check_names
+from visionattn.errors import TRAIN_EXTRA_INSTALL, UsageError, check_names
 from visionattn.formats import PRECISIONS
 
 __all__ = ["main", "build_parser", "COMMANDS", "TRAIN_EXTRA"]
 
 # the `train` extra (pyproject.toml): what train and compare need beyond torch
 TRAIN_EXTRA = ("tqdm", "matplotlib", "safetensors", "PIL", "skimage")
-_INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the repository)"
 
 
 # ------------------------------------------------------------------------------------ argument types (no torch)
@@ -302,7 +301,7 @@ def _check_train_extra() -> None:
     missing = [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
         raise UsageError(f"needs the 'train' extra, which is not installed (missing: {', '.join(missing)}); "
-                         f"install it with {_INSTALL}")
+                         f"install it with {TRAIN_EXTRA_INSTALL}")
 
 
 def _message(err: BaseException) -> str:
@@ -334,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in TRAIN_EXTRA:
             raise
-        print(f"{prefix}: error: needs {err.name!r} from the 'train' extra; install it with {_INSTALL}",
+        print(f"{prefix}: error: needs {err.name!r} from the 'train' extra; install it with {TRAIN_EXTRA_INSTALL}",
               file=sys.stderr)
         return 2
     except (ValueError, OSError) as err:  # UsageError, DataError and CheckpointError are ValueErrors

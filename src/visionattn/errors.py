@@ -17,8 +17,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UsageError", "CheckpointError", "did_you_mean", "unknown_name", "check_names", "check_positive",
-           "check_non_negative", "check_finite", "check_range", "check_choice", "check_writable_dir"]
+__all__ = ["TRAIN_EXTRA_INSTALL", "UsageError", "CheckpointError", "did_you_mean", "unknown_name", "check_names",
+           "check_positive", "check_non_negative", "check_finite", "check_range", "check_choice", "check_writable_dir"]
+
+# how to install the `train` extra (training, plots, pictures), for every error that needs it
+TRAIN_EXTRA_INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the repository)"
 
 
 class UsageError(ValueError):

@@ -14,10 +14,10 @@ from visionattn.layers.attention_core import attention
 from visionattn.layers.attention_merge import (
     AttentionPart,
     attention_with_lse,
-    cache_unless_compiling,
     merge_attention,
     merged_attention,
 )
+from visionattn.layers.helpers import cache_unless_compiling
 
 N, M, L, D = 2, 3, 4, 5
 ALL = slice(None)

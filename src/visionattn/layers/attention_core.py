@@ -39,7 +39,7 @@ from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.linear_attention import linear_attention, linear_attention_weights
-from visionattn.layers.recording import Recordable, Recorder, RecordHook
+from visionattn.layers.recording import Recordable, Recorder
 
 __all__ = ["IMPLS", "CPU_EXPLICIT_MAX_PAIRS", "resolve_impl", "KERNELS", "attention", "attention_weights", "Attention",
            "AttentionRecorder", "causal_mask"]
@@ -196,7 +196,6 @@ class Attention(Recordable, nn.Module):
             raise UsageError("kernel='linear' has no attention dropout and no logit scale (phi(q) . phi(k) is "
                              f"not a softmax logit); got dropout={dropout!r}, scale={scale!r}")
         self.kernel, self.causal, self.dropout, self.scale, self.impl = kernel, causal, dropout, scale, impl
-        self.recorder: RecordHook | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,7 +18,6 @@ the log-sum-exps, and whose backward is reused (:class:`_FlashMerge`); elsewhere
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache, wraps
 from typing import NamedTuple
 
 import torch
@@ -26,23 +25,11 @@ import torch.nn.functional as F
 
 from visionattn.errors import UsageError, check_choice
 from visionattn.layers.attention_core import _HALF, IMPLS, _check, _combined_mask
+from visionattn.layers.helpers import cache_unless_compiling
 
-__all__ = ["attention_with_lse", "merge_attention", "AttentionPart", "merged_attention", "cache_unless_compiling"]
+__all__ = ["attention_with_lse", "merge_attention", "AttentionPart", "merged_attention"]
 
 _ALL = slice(None)
-
-
-def cache_unless_compiling(maxsize: int) -> Callable[[Callable], Callable]:
-    """``functools.lru_cache(maxsize)``, bypassed while ``torch.compile`` traces (which ignores the cache, with a
-    warning): for the small constant tensors (masks) a call needs again and again."""
-    def wrap(fn: Callable) -> Callable:
-        cached = lru_cache(maxsize)(fn)
-
-        @wraps(fn)
-        def call(*args: object) -> object:
-            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
-        return call
-    return wrap
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,

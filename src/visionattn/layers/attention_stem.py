@@ -50,7 +50,7 @@ from visionattn.layers.local_attention import (
     check_attention_input,
     check_heads,
 )
-from visionattn.layers.recording import Recordable, RecordHook
+from visionattn.layers.recording import Recordable
 from visionattn.registry import register_attn
 
 __all__ = ["AttentionStem2d", "PositionMixture", "STEM_BORDERS"]
@@ -133,7 +133,6 @@ class AttentionStem2d(Recordable, nn.Module):
         self.values = nn.Conv2d(in_channels, mixtures * out_channels, 1, bias=False)  # W_V^1 .. W_V^m stacked
         self.rel = RelativeEmbedding2d(out_channels, heads, kernel_size)
         self.mixture = PositionMixture(kernel_size, mixtures, embed_dim)
-        self.recorder: RecordHook | None = None
 
     def _windows(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, k^2, HW): every pixel's k x k window, zero outside the image."""

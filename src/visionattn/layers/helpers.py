@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache, wraps
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from torch import nn
 from visionattn.errors import UsageError, check_finite, did_you_mean
 
 __all__ = [
+    "cache_unless_compiling",
     "LayerSpec",
     "check_positive_int",
     "check_bool",
@@ -242,3 +244,16 @@ class ConvNormAct(nn.Module):
 
 def is_power_of_two(value: int) -> bool:
     return value > 0 and math.log2(value).is_integer()
+
+
+def cache_unless_compiling(maxsize: int) -> Callable[[Callable], Callable]:
+    """``functools.lru_cache(maxsize)``, bypassed while ``torch.compile`` traces (which ignores the cache, with a
+    warning): for the small constant tensors (masks) a call needs again and again."""
+    def wrap(fn: Callable) -> Callable:
+        cached = lru_cache(maxsize)(fn)
+
+        @wraps(fn)
+        def call(*args: object) -> object:
+            return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+        return call
+    return wrap

@@ -34,7 +34,7 @@ from visionattn.layers.local_attention_ref import (
     local_attention_weights,
     rel_table_size,
 )
-from visionattn.layers.recording import Recordable, RecordHook
+from visionattn.layers.recording import Recordable
 from visionattn.layers.relative_position import RelativeEmbedding2d, relative_table
 from visionattn.registry import register_attn
 
@@ -175,7 +175,6 @@ class LocalSelfAttention2d(Recordable, nn.Module):
         self.scale = attention_scale(qk_scale, out_channels // heads)
         self.qkv = nn.Conv2d(in_channels, 3 * out_channels, 1, bias=False)
         self.rel = RelativeEmbedding2d(out_channels, heads, rel_table_size(kernel_size, border))
-        self.recorder: RecordHook | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_attention_input(x, self.in_channels, "LocalSelfAttention2d")

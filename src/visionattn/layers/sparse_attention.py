@@ -44,8 +44,8 @@ from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
 from visionattn.layers.attention_core import IMPLS, Attention, attention
-from visionattn.layers.attention_merge import AttentionPart, cache_unless_compiling, merged_attention
-from visionattn.layers.helpers import check_feature_map, check_positive_int
+from visionattn.layers.attention_merge import AttentionPart, merged_attention
+from visionattn.layers.helpers import cache_unless_compiling, check_feature_map, check_positive_int
 from visionattn.layers.self_attention import MultiHeadSelfAttention, head_dims
 from visionattn.layers.sparse_patterns import (
     check_combine,

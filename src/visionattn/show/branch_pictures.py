@@ -21,10 +21,9 @@ from visionattn.show.channel_pictures import (
     label_axes,
     layers_of,
     line_colours,
-    new_figure,
-    record,
     stage_layers,
 )
+from visionattn.show.figures import agg_figure, record
 from visionattn.show.registry import Subject, register_picture
 
 __all__ = ["SCALES", "enlarge", "branch_weights", "large_minus_small", "draw_sk"]
@@ -87,7 +86,7 @@ def draw_sk(subject: Subject) -> Figure:
     names = layers_of(subject.model, _SK)
     weights = branch_weights(subject, names)
     large, small = _receptive_field(subject, names[0], -1), _receptive_field(subject, names[0], 0)
-    fig = new_figure(4.6 + 3.6 * len(shown), 3.6)
+    fig = agg_figure(4.6 + 3.6 * len(shown), 3.6)
     axes = fig.subplots(1, 1 + len(shown), squeeze=False)[0]
     colours = line_colours(len(SCALES))
     for scale, colour in zip(SCALES, colours):

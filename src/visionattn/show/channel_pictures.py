@@ -21,7 +21,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -30,12 +29,12 @@ from visionattn.layers.bam import BottleneckAttention
 from visionattn.layers.cbam import CbamSpatialAttention
 from visionattn.layers.eca import EfficientChannelAttention
 from visionattn.layers.gather_excite import GatherExcite
-from visionattn.layers.recording import Recorder
 from visionattn.layers.squeeze_excite import SEVar1, SEVar2, SEVar3, SqueezeExcite
+from visionattn.show.figures import agg_figure, modules_of, record
 from visionattn.show.registry import Subject, register_picture
 
-__all__ = ["MAX_ROWS", "MAX_LINES", "new_figure", "line_colours", "label_axes", "layers_of", "stage_of",
-           "last_per_stage", "stage_layers", "record", "spatial_maps", "upsample", "class_means", "channel_weights",
+__all__ = ["MAX_ROWS", "MAX_LINES", "line_colours", "label_axes", "layers_of", "stage_of",
+           "last_per_stage", "stage_layers", "spatial_maps", "upsample", "class_means", "channel_weights",
            "has", "draw_spatial", "draw_channel_weights"]
 
 MAX_ROWS = 6  # images drawn by the spatial pictures
@@ -43,13 +42,6 @@ MAX_LINES = 20  # distinct colours of the qualitative colormap (tab20)
 _MAP_CMAP = "inferno"
 # tab20 pairs a strong and a light shade of each hue: its strong colours first, then the light ones
 _TAB20_ORDER = [*range(0, 20, 2), *range(1, 20, 2)]
-
-
-def new_figure(width: float, height: float) -> Figure:
-    """A figure with constrained layout drawn by Agg, outside pyplot's state (nothing to close, no GUI)."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def line_colours(n: int) -> list[tuple[float, ...]]:
@@ -65,7 +57,7 @@ def line_colours(n: int) -> list[tuple[float, ...]]:
 
 def layers_of(model: nn.Module, types: tuple[type[nn.Module], ...]) -> list[str]:
     """The names of ``model``'s modules of these types, in forward order."""
-    return [name for name, m in model.named_modules() if isinstance(m, types)]
+    return list(modules_of(model, lambda m: isinstance(m, types)))
 
 
 def stage_of(name: str) -> str:
@@ -106,14 +98,6 @@ def stage_layers(subject: Subject, types: tuple[type[nn.Module], ...]) -> dict[s
     return {stage_of(chosen): chosen}
 
 
-@torch.no_grad()
-def record(model: nn.Module, images: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
-    """Run ``model`` on ``images`` once and return the tensor each of the named recordable modules applied."""
-    with Recorder(model, names=names) as rec:
-        model(images)
-    return {name: rec.records[name][0] for name in names}
-
-
 def spatial_maps(subject: Subject, types: tuple[type[nn.Module], ...]) -> dict[str, torch.Tensor]:
     """``{stage: (B, h, w) map}``: each stage's last spatial gate of these types at its own resolution, averaged
     over its channels (BAM's map is 3-D; CBAM's has one channel).
@@ -137,7 +121,7 @@ def draw_spatial(subject: Subject, types: tuple[type[nn.Module], ...], what: str
     maps = spatial_maps(subject, types)
     display = subject.display if subject.display is not None else _gray(_images(subject))
     rows, size = min(display.shape[0], MAX_ROWS), tuple(display.shape[1:3])
-    fig = new_figure(2.2 * (len(maps) + 1), 2.2 * rows + 0.9)
+    fig = agg_figure(2.2 * (len(maps) + 1), 2.2 * rows + 0.9)
     axes = fig.subplots(rows, len(maps) + 1, squeeze=False)
     for r in range(rows):
         axes[r, 0].imshow(display[r].clamp(0, 1).numpy())
@@ -209,7 +193,7 @@ def draw_channel_weights(subject: Subject, types: tuple[type[nn.Module], ...], w
     """One panel per stage (or only ``subject.options["layer"]``): x the channel index, y the mean weight; a line
     per class and one over all images."""
     weights = channel_weights(subject, types)
-    fig = new_figure(4.2 * len(weights) + 1.6, 3.4)
+    fig = agg_figure(4.2 * len(weights) + 1.6, 3.4)
     axes = fig.subplots(1, len(weights), squeeze=False, sharey=True)[0]
     for ax, (stage, w) in zip(axes, weights.items()):
         lines = class_means(w, subject.labels, subject.class_names)

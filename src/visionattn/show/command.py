@@ -12,7 +12,6 @@ command runs; the help lists :data:`PICTURE_NAMES`, which a test keeps equal to 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,16 +146,10 @@ def _options(args: argparse.Namespace, picture: Picture) -> dict[str, Any]:
 
 def save_figure(figure: Any, path: Path) -> Path:
     """Write ``figure`` as a PNG (:data:`DPI`) atomically (never half a file), then close it."""
-    import matplotlib.pyplot as plt
-
     from visionattn.checkpoint import atomic_write
+    from visionattn.show.figures import png_bytes
 
-    buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=DPI)
-    finally:
-        plt.close(figure)
-    return atomic_write(path, buffer.getvalue())
+    return atomic_write(path, png_bytes(figure, DPI))
 
 
 def _picture(mechanism: str | None) -> Picture:

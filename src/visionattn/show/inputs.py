@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionattn.errors import UsageError, unknown_name
+from visionattn.errors import TRAIN_EXTRA_INSTALL, UsageError, unknown_name
 from visionattn.runs import check_run_dir, load_classification_run
 from visionattn.show.registry import Picture, Subject
 
@@ -52,7 +52,6 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's bundled 
 PHOTO_INPUT = (3, 224, 224)
 FASHION_INPUT = (1, 28, 28)
 DEFAULT_COUNT = {"photos": len(PHOTOS), "fashion-mnist": 20}  # photographs; Fashion-MNIST images per class
-_INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the repository)"
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -152,7 +151,7 @@ def photo_pixels(count: int) -> list[np.ndarray]:
         import skimage.data
     except ImportError:
         raise UsageError("the sample photographs need scikit-image, which is not installed; install the 'train' "
-                         f"extra with {_INSTALL}, or give --image files") from None
+                         f"extra with {TRAIN_EXTRA_INSTALL}, or give --image files") from None
     return [np.asarray(getattr(skimage.data, name)(), dtype=np.uint8) for name in PHOTOS[:count]]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import io
 import math
 import os
 import shutil
@@ -26,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 from visionattn.compare import read_comparison, verdict
 from visionattn.complexity import human_number
 from visionattn.errors import UsageError, check_choice, check_positive, check_writable_dir
+from visionattn.show.figures import png_bytes
 from visionattn.show.registry import Picture, Subject
 from visionattn.show.speed import REFERENCE, SpeedTable
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 __all__ = ["Shot", "write_report", "make_report", "choose_pictures", "demo_shots", "find_browser", "run_browser",
            "screenshot", "PLOTS", "REPORT_NAME"]
@@ -77,15 +77,6 @@ def _esc(value: object) -> str:
 
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _figure_png(fig: Figure) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def _figure_html(png: bytes, alt: str, caption: str) -> str:
@@ -172,7 +163,7 @@ def _shot_html(shot: Shot) -> str:
         caption += (' <span class="untrained">untrained: random weights, so this shows how the mechanism is wired, '
                     "not what it learned</span>")
     try:
-        png = _figure_png(shot.picture.draw(subject))
+        png = png_bytes(shot.picture.draw(subject), 100, bbox_inches="tight")
     except Exception as err:  # noqa: BLE001  (one picture's failure is shown on the page, not the end of the report)
         return f'<p class="untrained">{caption}: could not be drawn ({_esc(type(err).__name__)}: {_esc(err)})</p>'
     return _figure_html(png, f"{shot.picture.name}: {subject.model_name}", caption)
@@ -224,15 +215,17 @@ def write_report(out_dir: str | Path, *, plan: dict[str, Any] | None = None, row
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>visionattn report: {data}</title><style>{_STYLE}</style></head>\n<body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
-    path = out / REPORT_NAME
-    path.write_text(page, encoding="utf-8")
-    return path
+    from visionattn.checkpoint import atomic_write
+
+    return atomic_write(out / REPORT_NAME, page.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------ from a run
 def choose_pictures(models: Sequence[str], limit: int = 4) -> list[tuple[str, Picture]]:
     """``(model, picture)`` pairs, at most one per model and ``limit`` in all: a registered picture whose ``accepts``
     takes the (untrained) model, the one named like the model (``se`` for ``se_resnet20``) first."""
+    import torch
+
     import visionattn.show.catalog  # noqa: F401  (registers every picture)
     from visionattn.registry import create_model
     from visionattn.show.registry import PICTURES
@@ -243,7 +236,8 @@ def choose_pictures(models: Sequence[str], limit: int = 4) -> list[tuple[str, Pi
     for model_name in models:
         if len(chosen) == limit or not candidates:
             break
-        model = create_model(model_name)
+        with torch.device("meta"):  # only its modules are looked at: no memory, no initialisation
+            model = create_model(model_name)
         fitting = sorted((p for p in candidates if p.accepts(model)), key=lambda p: not model_name.startswith(p.name))
         if fitting:
             chosen.append((model_name, fitting[0]))

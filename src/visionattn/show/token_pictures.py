@@ -26,10 +26,10 @@ from visionattn.layers.halo_attention import HaloAttention2d
 from visionattn.layers.local_attention_ref import window_index
 from visionattn.layers.recording import Recordable
 from visionattn.layers.window_attention import WindowAttention, WindowAttention2d, fit_window, window_partition
+from visionattn.show.figures import modules_of
 from visionattn.show.registry import Subject, register_picture
 from visionattn.show.token_support import (
     COLORS,
-    modules_of,
     new_figure,
     overlay,
     pick_heads,
@@ -90,7 +90,7 @@ def sasa_view(subject: Subject) -> MapView:
     pixel = pick_pixel(subject, size)
     name = pick_layer(subject, layers, None, "local attention")
     # the default needs every layer's map size: record them all; a chosen layer alone
-    records, _ = record_one(subject, image, list(layers) if name is None else [name], ["local_attention"])
+    records, _ = record_one(subject, image, list(layers) if name is None else [name])
     name = _default_local(layers, records) if name is None else name
     layer, weights = layers[name], records[name][0]  # (heads, h, w, k^2)
     heads = pick_heads(subject, weights.shape[0])
@@ -156,7 +156,7 @@ def swin_view(subject: Subject) -> MapView:
     names = list(layers)
     following = names[names.index(name) + 1] if names.index(name) + 1 < len(names) else None
     watch = {n: layers[n] for n in (name, following) if n is not None}
-    records, seen = record_one(subject, image, [f"{name}.attend"], ["attention"], sizes=watch)
+    records, seen = record_one(subject, image, [f"{name}.attend"], sizes=watch)
     module = layers[name]
     map_size, shift = _swin_geometry(module, seen[name])
     y, x = to_layer(pixel, size, map_size)
@@ -181,7 +181,7 @@ def halo_view(subject: Subject) -> MapView:
     pixel = pick_pixel(subject, size)
     name = pick_layer(subject, layers, next(iter(layers)), "halo attention")
     module = layers[name]
-    records, seen = record_one(subject, image, [f"{name}.attend"], ["attention"], sizes={name: module})
+    records, seen = record_one(subject, image, [f"{name}.attend"], sizes={name: module})
     h, w = seen[name][0][2:4]
     b, halo, win = module.block_size, module.halo_size, module.win_size
     y, x = to_layer(pixel, size, (h, w))

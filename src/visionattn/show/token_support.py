@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from visionattn.errors import UsageError, did_you_mean
-from visionattn.layers.recording import Recorder
+from visionattn.show.figures import agg_figure, record
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from visionattn.show.registry import Subject
 
-__all__ = ["COLORS", "WEIGHT_CMAP", "pick_image", "pick_pixel", "pick_layer", "pick_heads", "modules_of",
+__all__ = ["COLORS", "WEIGHT_CMAP", "pick_image", "pick_pixel", "pick_layer", "pick_heads",
            "record_one", "new_figure", "show_image", "overlay", "to_layer"]
 
 # one colour per kind of mark, never reused within a figure for another thing; the weights use WEIGHT_CMAP
@@ -53,11 +53,6 @@ def pick_pixel(subject: Subject, size: tuple[int, int]) -> tuple[int, int]:
         raise UsageError(f"pixel: got {pixel!r}, needed (y, x) with 0 <= y < {size[0]} and 0 <= x < {size[1]} "
                          "(a pixel of the input image)")
     return int(pixel[0]), int(pixel[1])
-
-
-def modules_of(model: nn.Module, match: Callable[[nn.Module], bool]) -> dict[str, nn.Module]:
-    """The submodules ``match`` accepts, by name, in module order."""
-    return {name: m for name, m in model.named_modules() if match(m)}
 
 
 def pick_layer(subject: Subject, layers: dict[str, Any], default: str | None, what: str) -> str | None:
@@ -93,7 +88,7 @@ def pick_heads(subject: Subject, heads: int) -> list[int]:
     return [head]
 
 
-def record_one(subject: Subject, image: int, names: list[str], kinds: list[str],
+def record_one(subject: Subject, image: int, names: list[str],
                sizes: dict[str, nn.Module] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
     """One forward pass of the subject's model on one image with a recorder on the modules ``names``: their
     records (the first call each, batch of one), and for the modules in ``sizes`` the shape of their first
@@ -108,12 +103,10 @@ def record_one(subject: Subject, image: int, names: list[str], kinds: list[str],
 
     hooks = [m.register_forward_pre_hook(keep(n), with_kwargs=True) for n, m in (sizes or {}).items()]
     try:
-        with torch.no_grad(), Recorder(model, kinds=kinds, names=names) as rec:
-            model(subject.images[image : image + 1])
+        return record(model, subject.images[image : image + 1], names), seen
     finally:
         for hook in hooks:
             hook.remove()
-    return {n: r[0] for n, r in rec.records.items()}, seen
 
 
 def to_layer(pixel: tuple[int, int], image_size: tuple[int, int], map_size: tuple[int, int]) -> tuple[int, int]:
@@ -125,13 +118,9 @@ def to_layer(pixel: tuple[int, int], image_size: tuple[int, int], map_size: tupl
 def new_figure(panels: int, columns: int | None = None, size: float = 3.0) -> tuple[Figure, list[Axes]]:
     """A figure of ``panels`` square axes (no ticks) on an Agg canvas, at most 5 to a row (default) in rows
     as even as can be; no pyplot state is touched."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     columns = -(-panels // -(-panels // 5)) if columns is None else min(columns, panels)
     rows = -(-panels // columns)
-    fig = Figure(figsize=(size * columns, size * rows + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = agg_figure(size * columns, size * rows + 0.6)
     axes = [fig.add_subplot(rows, columns, i + 1) for i in range(panels)]
     for ax in axes:
         ax.set_xticks([])

@@ -15,10 +15,10 @@ from torch import nn
 
 from visionattn.layers.attention_core import Attention
 from visionattn.models.vit import VisionTransformer
+from visionattn.show.figures import modules_of
 from visionattn.show.registry import Subject, register_picture
 from visionattn.show.rollout import attention_rollout
 from visionattn.show.token_support import (
-    modules_of,
     new_figure,
     overlay,
     pick_heads,
@@ -57,7 +57,7 @@ def vit_view(subject: Subject) -> ClassTokenView:
     steps = modules_of(model, lambda m: isinstance(m, Attention))
     image = pick_image(subject)
     name = pick_layer(subject, steps, list(steps)[-1], "attention")
-    records, _ = record_one(subject, image, list(steps), ["attention"])
+    records, _ = record_one(subject, image, list(steps))
     grid = model.feature_grid(subject.images.shape[-2:])
     first = model.num_prefix_tokens
     weights = records[name][0]  # (heads, N, N)
