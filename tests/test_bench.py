@@ -8,7 +8,7 @@ import torch
 from tests.engine_support import TinyNet, register_tiny_models
 from visionattn import bench, cli
 from visionattn.complexity import count_macs, count_params
-from visionattn.errors import UsageError
+from visionattn.errors import UsageError, check_output_file
 
 register_tiny_models()
 
@@ -46,8 +46,8 @@ def test_output_file_is_checked_before_measuring(tmp_path, monkeypatch, path, ma
     monkeypatch.chdir(tmp_path)
     (tmp_path / "f").write_text("")
     with pytest.raises(UsageError, match=f"csv: .*{match}"):
-        bench.check_output_file(path)
-    assert bench.check_output_file("ok.csv").name == "ok.csv" and not (tmp_path / "ok.csv").exists()
+        check_output_file(path)
+    assert check_output_file("ok.csv").name == "ok.csv" and not (tmp_path / "ok.csv").exists()
 
 
 def test_macs_are_per_image_and_the_model_keeps_its_own_class_count():

@@ -48,6 +48,7 @@ def test_sample_writes_a_grid_of_the_right_size(run, tmp_path, capsys):
     assert (pixels[60:, 118:] == 255).all() and not (pixels[2:58, 2:58] == 255).all()
     again = tmp_path / "again.png"
     assert main([*argv, str(again)]) == 0 and again.read_bytes() == out.read_bytes()  # the seed fixes the draws
+    assert main([*argv, str(again)]) == 0 and again.read_bytes() == out.read_bytes()  # an existing --out is replaced
 
 
 def test_samples_depend_on_the_seed_and_use_the_palette(run):
@@ -90,12 +91,15 @@ def other_runs(fmnist, run, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.bad_input
 @pytest.mark.parametrize("command,checkpoint,extra,message", [
-    ("sample", "missing", [], "--checkpoint: {path} does not exist; needed the run directory of `visionattn igpt "
-                              "train`"),
-    ("sample", "file", [], "--checkpoint: {path} is a file; needed the run directory"),
-    ("complete", "empty", [], "--checkpoint: {path} holds no config.json"),
-    ("sample", "classifier", [], "--checkpoint: {path} is a classification run of 'test_tiny', not an Image GPT "
-                                 "run"),
+    ("sample", "missing", [], "--checkpoint: {path} does not exist; needed the directory of a finished `visionattn "
+                              "igpt train` run"),
+    ("sample", "file", [], "--checkpoint: {path} is a file; needed the directory of a finished `visionattn igpt "
+                           "train` run"),
+    ("complete", "empty", [], "--checkpoint: {path} holds no config.json; needed the directory of a finished "
+                              "`visionattn igpt train` run"),
+    ("sample", "classifier", [], "--checkpoint: {path} is a classification run of 'test_tiny' (made by `visionattn "
+                                 "train`), not a next-pixel run; needed the directory of a finished `visionattn igpt "
+                                 "train` run"),
     ("complete", "unfinished", [], "--checkpoint: {path} has no final weights (model.safetensors): the run is "
                                    "unfinished; finish it with `visionattn igpt train --resume {path}`"),
     ("probe", "unfinished", [], "has no final weights"),
@@ -117,10 +121,12 @@ def test_mistakes_are_one_clear_error(run, other_runs, tmp_path, capsys, command
 @pytest.mark.bad_input
 @pytest.mark.parametrize("out,message", [
     ("x.jpg", "--out: got '{tmp}/x.jpg', needed a .png file"),
+    (".", "--out: got '{tmp}/.', needed a .png file"),
     ("nowhere/x.png", "--out: cannot write '{tmp}/nowhere/x.png': '{tmp}/nowhere' does not exist"),
-    (".", "--out: '{tmp}/.' is a folder, needed a file path"),
+    ("folder.png", "--out: '{tmp}/folder.png' is a folder, needed a file path"),
 ])
 def test_a_bad_output_file_is_refused_before_the_run_is_read(tmp_path, capsys, out, message):
+    (tmp_path / "folder.png").mkdir()
     assert main(["igpt", "sample", "--checkpoint", str(tmp_path / "missing"), "--out", f"{tmp_path}/{out}"]) == 2
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
 

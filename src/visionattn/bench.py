@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,7 +27,7 @@ from visionattn.errors import UsageError, check_names, check_non_negative, check
 from visionattn.formats import autocast, check_precision, to_channels_last
 from visionattn.registry import ATTN, create_attn_for_size
 
-__all__ = ["check_device", "check_output_file", "median_ms", "peak_memory_bytes",
+__all__ = ["check_device", "median_ms", "peak_memory_bytes",
            "BenchResult", "bench_module", "bench_layers", "bench_models", "write_report"]
 
 
@@ -40,22 +39,6 @@ def check_device(device: str, argument: str = "device") -> torch.device:
 
     check_device_available(check_device_syntax(device, argument), argument)
     return resolve_device(device)
-
-
-def check_output_file(path: str | os.PathLike, argument: str = "csv") -> Path:
-    """``path`` when a file can be written there (checked before any work): not a folder, in a writable folder."""
-    out = Path(path)
-    if not str(path):
-        raise UsageError(f"{argument}: got an empty path, needed a file to write")
-    if out.is_dir():
-        raise UsageError(f"{argument}: {str(path)!r} is a folder, needed a file path")
-    parent = out.parent
-    if not parent.is_dir():
-        what = "is not a folder" if parent.exists() else "does not exist"
-        raise UsageError(f"{argument}: cannot write {str(path)!r}: {str(parent)!r} {what}")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UsageError(f"{argument}: cannot write {str(path)!r}: permission denied")
-    return out
 
 
 # What torch's profiler library (Kineto) logs on every profile: "USDT:<time> <pid>:<tid>

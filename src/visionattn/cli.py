@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from visionattn.argtypes import non_negative_int, positive_int
-from visionattn.errors import TRAIN_EXTRA_INSTALL, UsageError, check_names
+from visionattn.errors import TRAIN_EXTRA_INSTALL, UsageError, check_names, check_output_file
 from visionattn.formats import PRECISIONS
 
 __all__ = ["main", "build_parser", "COMMANDS", "TRAIN_EXTRA"]
@@ -124,7 +124,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 def _bench_run(args: argparse.Namespace) -> int:
     import torch
 
-    from visionattn.bench import bench_layers, bench_models, check_device, check_output_file, write_report
+    from visionattn.bench import bench_layers, bench_models, check_device, write_report
     from visionattn.registry import ATTN, MODELS
 
     device = str(check_device(args.device, "--device"))

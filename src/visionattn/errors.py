@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TRAIN_EXTRA_INSTALL", "UsageError", "CheckpointError", "did_you_mean", "unknown_name", "check_names",
-           "check_positive", "check_non_negative", "check_finite", "check_range", "check_choice", "check_writable_dir"]
+           "check_positive", "check_non_negative", "check_finite", "check_range", "check_choice", "check_writable_dir",
+           "check_output_file", "check_png_out"]
 
 # how to install the `train` extra (training, plots, pictures), for every error that needs it
 TRAIN_EXTRA_INSTALL = "pip install 'visionattn[train]' (or make install in a clone of the repository)"
@@ -69,6 +70,39 @@ def check_writable_dir(path: str | os.PathLike, argument: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{argument}: got {str(path)!r}, but {existing} is not writable; needed a directory this "
                          "user can write")
+    return path
+
+
+def check_output_file(path: str | os.PathLike, argument: str = "csv") -> Path:
+    """``path`` when a file can be written there (checked before any work): not a folder, in a writable folder."""
+    out = Path(path)
+    if not str(path):
+        raise UsageError(f"{argument}: got an empty path, needed a file to write")
+    if out.is_dir():
+        raise UsageError(f"{argument}: {str(path)!r} is a folder, needed a file path")
+    parent = out.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise UsageError(f"{argument}: cannot write {str(path)!r}: {str(parent)!r} {what}")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UsageError(f"{argument}: cannot write {str(path)!r}: permission denied")
+    return out
+
+
+def check_png_out(out: str | os.PathLike, argument: str = "--out", *, overwrite: bool = True,
+                  make_folder: bool = False) -> Path:
+    """``out`` as the PNG file a command writes, checked before any work (``visionattn show`` and ``visionattn igpt
+    sample|complete``): a .png path in a folder this user can write (with ``make_folder``, a folder that the command
+    makes when it saves, or one that exists), not an existing file unless ``overwrite``."""
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"{argument}: got {str(out)!r}, needed a .png file")
+    if make_folder and not path.parent.is_dir():
+        check_writable_dir(path.parent, argument)
+    else:
+        check_output_file(out, argument)
+    if path.exists() and not overwrite:
+        raise UsageError(f"{argument}: {str(out)!r} exists; give --overwrite to replace it, or another --out")
     return path
 
 

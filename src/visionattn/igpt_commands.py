@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionattn.argtypes import non_negative_float, non_negative_int, positive_float, positive_int
-from visionattn.errors import UsageError
+from visionattn.errors import UsageError, check_png_out
 
 if TYPE_CHECKING:
     import torch
@@ -70,16 +70,13 @@ def save_grid(images: torch.Tensor, path: str | Path, scale: int = 4) -> Path:
 
 # ------------------------------------------------------------------------------------------------ sampling
 def _load(args: argparse.Namespace) -> Any:
-    """Check ``--out`` (before any work), set the threads, load the run."""
+    """Check ``--out`` (before any work; an existing file is replaced), set the threads, load the run."""
     import torch
 
-    from visionattn.bench import check_output_file
     from visionattn.igpt_task import load_run
 
     if getattr(args, "out", None) is not None:
-        check_output_file(args.out, "--out")
-        if Path(args.out).suffix.lower() != ".png":
-            raise UsageError(f"--out: got {args.out!r}, needed a .png file")
+        check_png_out(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     return load_run(args.checkpoint)

@@ -28,6 +28,7 @@ from torch import nn
 
 from visionattn import distributed, train_checks
 from visionattn.errors import CheckpointError, UsageError
+from visionattn.runs import check_run_dir
 from visionattn.tasks import Task, count_sums
 
 if TYPE_CHECKING:
@@ -212,20 +213,6 @@ class IGPTRun:
     image_shape: tuple[int, int, int]
 
 
-def _run_config(folder: Path, argument: str) -> dict[str, Any]:
-    what = "is a file" if folder.exists() else "does not exist"
-    if not folder.is_dir():
-        raise UsageError(f"{argument}: {folder} {what}; needed the run directory of `visionattn igpt train`")
-    if not (folder / "config.json").is_file():
-        raise UsageError(f"{argument}: {folder} holds no config.json; needed the run directory of "
-                         "`visionattn igpt train`")
-    task = train_checks.saved_task(folder)
-    if task != NextPixelTask.name:
-        raise UsageError(f"{argument}: {folder} is a {task} run of {train_checks._run_model(folder)}, not an Image "
-                         "GPT run; needed the run directory of `visionattn igpt train`")
-    return json.loads((folder / "config.json").read_text())  # saved_task read it
-
-
 def load_run(run_dir: str | Path, argument: str = "--checkpoint") -> IGPTRun:
     """Reload a finished next-pixel run from its directory: ``config.json`` and ``model.safetensors`` (weights
     and palette; nothing pickled is read). A missing directory, another task's run or an unfinished run (no
@@ -234,7 +221,8 @@ def load_run(run_dir: str | Path, argument: str = "--checkpoint") -> IGPTRun:
     from visionattn.igpt_recipe import NextPixelConfig
 
     folder = Path(run_dir)
-    config = _run_config(folder, argument)
+    check_run_dir(folder, argument, NextPixelTask.name)
+    config = json.loads((folder / "config.json").read_text())  # saved_task read it
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise UsageError(f"{argument}: {folder} has no final weights ({weights.name}): the run is unfinished; "

@@ -37,13 +37,26 @@ class ClassificationRun:
     result: dict[str, Any]
 
 
-def check_run_dir(folder: Path, argument: str) -> None:
-    """``folder`` is a directory with a ``config.json``, else a UsageError naming ``argument``."""
+def check_run_dir(folder: Path, argument: str, task: str | None = None) -> None:
+    """``folder`` is a run directory (one with a ``config.json``) and, with ``task`` (a name in
+    :data:`visionattn.tasks.TASKS`), a run of that task; else a UsageError naming ``argument`` that says what it got,
+    what is needed and which command makes such a run."""
+    from visionattn.tasks import TASKS, task_for
+    from visionattn.train_checks import _run_model, saved_task
+
+    needed = RUN_DIR if task is None else f"the directory of a finished `{task_for(task).command}` run"
     if not folder.is_dir():
         what = "is a file" if folder.exists() else "does not exist"
-        raise UsageError(f"{argument}: {folder} {what}; needed {RUN_DIR}")
+        raise UsageError(f"{argument}: {folder} {what}; needed {needed}")
     if not (folder / "config.json").is_file():
-        raise UsageError(f"{argument}: {folder} holds no config.json; needed {RUN_DIR}")
+        raise UsageError(f"{argument}: {folder} holds no config.json; needed {needed}")
+    if task is None:
+        return
+    found = saved_task(folder)
+    if found != task:
+        made_by = f" (made by `{task_for(found).command}`)" if found in TASKS else ""
+        raise UsageError(f"{argument}: {folder} is a {found} run of {_run_model(folder)}{made_by}, not a {task} run; "
+                         f"needed {needed}")
 
 
 def _normalisation(config: dict[str, Any], metadata: dict[str, str]) -> tuple[list[float], list[float]]:
@@ -63,13 +76,10 @@ def load_classification_run(run_dir: str | os.PathLike, argument: str = "--check
     from visionattn.checkpoint import load_weights
     from visionattn.recipe import TrainConfig
     from visionattn.tasks import ClassificationTask
-    from visionattn.train_checks import finished_result, saved_task
+    from visionattn.train_checks import finished_result
 
     folder = Path(run_dir)
-    check_run_dir(folder, argument)
-    if saved_task(folder) != ClassificationTask.name:
-        raise UsageError(f"{argument}: {folder} is a {saved_task(folder)} run, not a classification run; needed the "
-                         "directory of a finished `visionattn train` run")
+    check_run_dir(folder, argument, ClassificationTask.name)
     result = finished_result(folder)
     if result is None:
         raise UsageError(f"{argument}: {folder} has no final weights and result (model.safetensors, result.json): "

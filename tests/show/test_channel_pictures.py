@@ -189,3 +189,32 @@ def test_the_layer_option_draws_only_that_layer():
     subject.options["layer"] = "layer2.0.sx"
     with pytest.raises(UsageError, match="--layer: .*did you mean 'layer2.0.se'"):
         PICTURES["se"].draw(subject)
+
+
+@pytest.mark.parametrize("layer", [3, "3", -6, "layer2.0", "layer2.0.se"])
+def test_the_layer_option_takes_an_index_or_the_parent_module_too(layer):
+    subject = _subject("se_resnet20", batch=2)  # SE layers: layer1.0.se ... layer3.2.se, three per stage
+    subject.options["layer"] = layer
+    assert cp.stage_layers(subject, cp._SE) == {"layer2": "layer2.0.se"}
+    fig = PICTURES["se"].draw(subject)
+    (ax,) = fig.axes
+    gates = _recorded(subject, ["layer2.0.se"])["layer2.0.se"].flatten(1)
+    torch.testing.assert_close(torch.as_tensor(ax.lines[-1].get_ydata()), gates.mean(dim=0))
+    plt.close(fig)
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("layer2.0.sx", "--layer: got 'layer2.0.sx', which is not one of them; did you mean 'layer2.0.se'"),
+    (9, "--layer: got 9, out of range; needed one of the model's SqueezeExcite or SEVar1 or SEVar2 or SEVar3 layers "
+        "(layer1.0.se, "),
+    ("-10", "--layer: got -10, out of range;"),
+    ("layer2", "--layer: got 'layer2', which holds 3 of them;"),
+    (1.5, "--layer: got 1.5;"),
+])
+def test_a_wrong_layer_names_the_argument_and_what_it_needs(layer, message):
+    subject = _subject("se_resnet20", batch=2)
+    subject.options["layer"] = layer
+    with pytest.raises(UsageError) as caught:
+        cp.stage_layers(subject, cp._SE)
+    assert str(caught.value).startswith(message), caught.value
+    assert "the name of the module holding it, or its index in [0, 9)" in str(caught.value)

@@ -82,7 +82,9 @@ def test_load_classification_run_refuses_another_task_and_an_unfinished_run(run,
         load_classification_run(unfinished)
     config = json.loads((run / "config.json").read_text())
     (unfinished / "config.json").write_text(json.dumps({**config, "task": "next-pixel"}))
-    with pytest.raises(UsageError, match="is a next-pixel run, not a classification run"):
+    with pytest.raises(UsageError, match=r"is a next-pixel run of 'test_tiny' \(made by `visionattn igpt train`\), "
+                                         "not a classification run; needed the directory of a finished `visionattn "
+                                         "train` run"):
         load_classification_run(unfinished)
 
 

@@ -263,7 +263,9 @@ def test_igpt_completes_one_image_per_class():
 # ------------------------------------------------------------------------------------------- choices, refusals
 def test_options_name_what_is_wrong():
     subject = _subject(_sasa_model(), 12)
-    for options, argument in (({"layer": "11"}, "layer"), ({"layer": "l"}, "layer"), ({"head": 2}, "head"),
+    for options, argument in (({"layer": "11"}, "--layer: got 11, out of range; needed one of the model's local "
+                                                "attention layers"),
+                              ({"layer": "l"}, "--layer: got 'l', which is not one of them"), ({"head": 2}, "head"),
                               ({"pixel": (12, 0)}, "pixel"), ({"image": 1}, "image")):
         subject.options = options
         with pytest.raises(UsageError, match=argument):

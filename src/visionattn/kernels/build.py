@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import warnings
 from functools import cache
 from pathlib import Path
@@ -43,16 +44,28 @@ def cpu_flags() -> list[str]:
     return []
 
 
+def _sources(source: Path) -> list[Path]:
+    """``source`` and every header of this folder it includes, directly or through another (``#include "x.h"``)."""
+    found, todo = [], [source]
+    while todo:
+        path = todo.pop()
+        if path in found or not path.is_file():
+            continue
+        found.append(path)
+        todo.extend(_HERE / name for name in re.findall(r'^\s*#\s*include\s+"([^"]+)"', path.read_text(), re.M))
+    return sorted(found)
+
+
 @cache
 def load_kernel(name: str) -> ModuleType | None:
-    """Build (first use) or load the extension compiled from ``kernels/<name>.cpp`` (and the ``<name>*.h``
+    """Build (first use) or load the extension compiled from ``kernels/<name>.cpp`` (its cache key covers the
     headers it includes); None if it cannot be."""
     if kernels_disabled():
         return None
     source = _HERE / f"{name}.cpp"
     flags = ["-O3", "-fopenmp", "-ffp-contract=fast", *cpu_flags()]
     key = hashlib.sha256(" ".join(flags).encode() + torch.__version__.encode())
-    for path in sorted(_HERE.glob(f"{name}*.[ch]*")):  # the source and the headers it includes
+    for path in _sources(source):
         key.update(path.read_bytes())
     ext_name = f"visionattn_{name}_{torch.backends.cpu.get_cpu_capability().lower()}_{key.hexdigest()[:12]}"
     build_dir = cache_dir() / ext_name

@@ -18,8 +18,12 @@ factor becomes a few batched dense attentions ("parts") over views of it, at n s
   n * m * c pairs, cut to about 9/16 of that by taking the queries in 8 groups of blocks, each against the
   summaries up to its last block only.
 
-Each part runs on the fused kernel (``F.scaled_dot_product_attention``; ``impl="explicit"`` forms the weights
-instead). The merged head needs one softmax over A(1) u A(2): each factor's partial attention comes with the
+On the CPU the fixed pattern has a kernel of its own (:mod:`visionattn.kernels.fixed_sparse_attention`, for
+``impl`` ``"auto"`` or ``"fused"`` without dropout): every query of block b has the same keys, the summaries of
+the earlier blocks and its own block, so each block is one dense softmax over them (A(1) alone, A(2) alone or
+their union), with no parts to merge. Elsewhere (another device, dropout, no compiler) the fixed pattern takes the
+parts below. Each part runs on the fused kernel (``F.scaled_dot_product_attention``; ``impl="explicit"`` forms
+the weights instead). The merged head needs one softmax over A(1) u A(2): each factor's partial attention comes with the
 log-sum-exp of its rows and the two are merged by them, lerp(S_1, S_2, sigmoid(lse_2 - lse_1))
 (:func:`~visionattn.layers.attention_merge.merged_attention`: on the CPU the parts go to the flash kernel as the
 views they are, the log-sum-exps come with its outputs, and the backward is the kernel's own per part, with the
@@ -43,6 +47,7 @@ from einops import rearrange
 from torch import nn
 
 from visionattn.errors import UsageError, check_choice, check_range
+from visionattn.kernels.fixed_sparse_attention import fixed_kernel_available, fixed_sparse_attention
 from visionattn.layers.attention_core import IMPLS, Attention, attention
 from visionattn.layers.attention_merge import AttentionPart, merged_attention
 from visionattn.layers.helpers import cache_unless_compiling, check_feature_map, check_positive_int
@@ -193,6 +198,32 @@ def _factor(pattern: str, factor: int, q: torch.Tensor, k: torch.Tensor, v: torc
     return rearrange(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1), _FROM_COMMON, h=heads)
 
 
+def _fixed_kernel_applies(q: torch.Tensor, dropout_p: float, impl: str) -> bool:
+    """Whether the fixed pattern goes to its C++ kernel: the fused path on the CPU without dropout, where the
+    kernel builds."""
+    return impl in ("auto", "fused") and not dropout_p and q.device.type == "cpu" and fixed_kernel_available()
+
+
+def _fixed_on_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, stride: int, c: int, combine: str,
+                     factor: int, first: int) -> torch.Tensor:
+    """The fixed pattern on its kernel, (B, h, m l, d) in and out: the merged head is the summaries and the own
+    block (c, own = 0); A(1) the own block (0, 0); A(2) the summaries, its own among them (c, l - c)."""
+    n = q.shape[2]
+    keys = {0: (0, 0), 1: (c, stride - c), "merged": (c, 0)}
+
+    def run(factor_key: int | str, part: slice) -> torch.Tensor:
+        q_, k_, v_ = (t[:, part] for t in (q, k, v))
+        out = fixed_sparse_attention(*(t.reshape(-1, n, t.shape[-1]) for t in (q_, k_, v_)), stride,
+                                     *keys[factor_key], q.shape[-1] ** -0.5)
+        return out.view(*v_.shape)
+
+    if combine == "merged":
+        return run("merged", _ALL)
+    if combine == "interleaved":
+        return run(factor, _ALL)
+    return torch.cat([run(0, slice(None, first)), run(1, slice(first, None))], dim=1)
+
+
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
@@ -212,10 +243,11 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
         pattern: ``"strided"`` or ``"fixed"``; stride: l; summary: c (``"fixed"`` only; default l / 8).
         combine: ``"interleaved"`` (this block uses A(``factor``)), ``"merged"`` or ``"per_head"``.
         dropout_p: dropout on the attention weights.
-        impl: ``"dense"`` (one dense attention with the pattern's mask), or the attention core's path for the
-            fast path's pieces: ``"fused"`` (``"auto"``: the fastest for these batched pieces on the CPU), or
-            ``"explicit"``. The merged head's parts on the fused path need the CPU flash kernel and no dropout;
-            elsewhere they are explicit (:func:`~visionattn.layers.attention_merge.merged_attention`).
+        impl: ``"dense"`` (one dense attention with the pattern's mask), or the fast path: ``"fused"`` (and
+            ``"auto"``): on the CPU without dropout the fixed pattern's own kernel, else the attention core's
+            fused path for the pieces (the fastest for these batched pieces on the CPU); ``"explicit"``: the
+            pieces with explicit weights. The merged head's pieces on the fused path need the CPU flash kernel
+            and no dropout; elsewhere they are explicit (:func:`~visionattn.layers.attention_merge.merged_attention`).
 
     Shape:
         - Input: q, k (B, h, n, d), v (B, h, n, d_v), any n
@@ -234,7 +266,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     pad = -n % stride
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    if combine == "merged":  # one factor without the other's keys: each key once in the one softmax
+    if pattern == "fixed" and _fixed_kernel_applies(q, dropout_p, impl):
+        out = _fixed_on_kernel(q, k, v, stride, c, combine, factor, first)  # type: ignore[arg-type]
+    elif combine == "merged":  # one factor without the other's keys: each key once in the one softmax
         out = merged_attention(*(rearrange(t, _TO_COMMON, l=stride) for t in (q, k, v)),
                                partial(_merged_factors, pattern, c), dropout_p, impl=impl)
         out = rearrange(out, _FROM_COMMON, h=heads)

@@ -24,13 +24,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from visionattn.errors import UsageError, unknown_name
+from visionattn.errors import UsageError
 from visionattn.layers.bam import BottleneckAttention
 from visionattn.layers.cbam import CbamSpatialAttention
 from visionattn.layers.eca import EfficientChannelAttention
 from visionattn.layers.gather_excite import GatherExcite
 from visionattn.layers.squeeze_excite import SEVar1, SEVar2, SEVar3, SqueezeExcite
-from visionattn.show.figures import agg_figure, modules_of, record
+from visionattn.show.figures import agg_figure, choose_layer, modules_of, record
 from visionattn.show.registry import Subject, register_picture
 
 __all__ = ["MAX_ROWS", "MAX_LINES", "line_colours", "label_axes", "layers_of", "stage_of",
@@ -84,17 +84,17 @@ def _images(subject: Subject) -> torch.Tensor:
 
 def stage_layers(subject: Subject, types: tuple[type[nn.Module], ...]) -> dict[str, str]:
     """``{stage: module name}``: the subject's model's last module of these types in each stage, or only the one
-    that ``subject.options["layer"]`` names; a UsageError when it has none or names another module."""
+    that ``subject.options["layer"]`` chooses (:func:`~visionattn.show.figures.choose_layer`: its name, the name of
+    the module holding it, or its index); a UsageError when it has none or the choice is none of them."""
     _images(subject)
     names = layers_of(subject.model, types)
+    kinds = " or ".join(t.__name__ for t in types)
     if not names:
-        raise UsageError(f"model: {subject.model_name} has no {' or '.join(t.__name__ for t in types)} layer to "
-                         "draw")
+        raise UsageError(f"model: {subject.model_name} has no {kinds} layer to draw")
     chosen = subject.options.get("layer")
     if chosen is None:
         return last_per_stage(names)
-    if chosen not in names:
-        raise unknown_name("--layer", "layer", chosen, names)
+    chosen = choose_layer(chosen, names, kinds)
     return {stage_of(chosen): chosen}
 
 

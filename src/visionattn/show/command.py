@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionattn.argtypes import non_negative_int, positive_int
-from visionattn.errors import UsageError, check_writable_dir, did_you_mean
+from visionattn.errors import UsageError, check_png_out, did_you_mean
 
 if TYPE_CHECKING:
     from visionattn.show.registry import Picture
@@ -77,7 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", type=non_negative_int, default=None, metavar="H",
                    help="the attention head to show (default: the picture's choice)")
     p.add_argument("--layer", default=None, metavar="NAME",
-                   help="the module name of the layer to show, e.g. layer2.0.attn (default: the picture's choice)")
+                   help="the layer to show: its module name (e.g. layer2.0.attn), the name of the module holding it "
+                        "(e.g. layer2.0), or its index among the layers the picture can show (default: the "
+                        "picture's choice)")
     p.add_argument("--option", type=option_arg, action="append", default=None, metavar="KEY=VALUE",
                    help="another of the picture's options, e.g. completions=5 for igpt or stride=4 for sparse; "
                         "--list names each picture's (repeatable; default: the picture's choices)")
@@ -106,22 +108,12 @@ def list_pictures() -> str:
 
 
 def check_out(out: str | None, mechanism: str, overwrite: bool = False) -> Path:
-    """The PNG file to write (default :data:`DEFAULT_OUT`), checked before any work: a .png path in a folder this
-    user can write (the default's folder is made when the picture is saved), not an existing file unless
-    ``overwrite``."""
-    from visionattn.bench import check_output_file
-
-    argument = "--out" if out is not None else f"--out (default {DEFAULT_OUT.format('MECHANISM')})"
-    path = Path(out if out is not None else DEFAULT_OUT.format(mechanism))
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"{argument}: got {str(path)!r}, needed a .png file")
-    if out is None and not path.parent.is_dir():
-        check_writable_dir(path.parent, argument)
-    else:
-        check_output_file(path, argument)
-    if path.exists() and not overwrite:
-        raise UsageError(f"{argument}: {str(path)!r} exists; give --overwrite to replace it, or another --out")
-    return path
+    """The PNG file to write (default :data:`DEFAULT_OUT`, whose folder is made when the picture is saved), checked
+    before any work by :func:`~visionattn.errors.check_png_out`, the check of every command that writes a PNG."""
+    if out is None:
+        return check_png_out(DEFAULT_OUT.format(mechanism), f"--out (default {DEFAULT_OUT.format('MECHANISM')})",
+                             overwrite=overwrite, make_folder=True)
+    return check_png_out(out, "--out", overwrite=overwrite)
 
 
 def _options(args: argparse.Namespace, picture: Picture) -> dict[str, Any]:

@@ -3,8 +3,9 @@ recorded forward pass, the figure and the overlay of a map of weights on an imag
 
 Options read from :attr:`~visionattn.show.registry.Subject.options` (each checked, a :class:`~visionattn.errors.
 UsageError` naming it): ``image`` (index into the subject's images, default 0), ``pixel`` ((y, x) in input-image
-pixels, default the centre), ``layer`` (a layer's module name, or its index among the layers the picture can show),
-``head`` (one head, default all).
+pixels, default the centre), ``layer`` (a layer's module name, the name of the module holding it, or its index
+among the layers the picture can show: :func:`~visionattn.show.figures.choose_layer`, the chooser of every picture,
+named ``--layer`` in its errors), ``head`` (one head, default all).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from visionattn.errors import UsageError, did_you_mean
-from visionattn.show.figures import agg_figure, record
+from visionattn.errors import UsageError
+from visionattn.show.figures import agg_figure, choose_layer, record
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -56,26 +57,10 @@ def pick_pixel(subject: Subject, size: tuple[int, int]) -> tuple[int, int]:
 
 
 def pick_layer(subject: Subject, layers: dict[str, Any], default: str | None, what: str) -> str | None:
-    """The ``layer`` option among ``layers`` (a name, the name of the one module holding one of them, or an index in
-    their order); ``default`` when not given."""
+    """The ``layer`` option among ``layers`` (:func:`~visionattn.show.figures.choose_layer`: a name, the name of the
+    module holding one of them, or an index in their order); ``default`` when not given."""
     choice = subject.options.get("layer")
-    names = list(layers)
-    if choice is None:
-        return default
-    if isinstance(choice, str) and choice.lstrip("-").isdigit():
-        choice = int(choice)
-    if isinstance(choice, int) and not isinstance(choice, bool):
-        if not -len(names) <= choice < len(names):
-            raise UsageError(f"layer: got {choice}, needed an index in [0, {len(names)}) of the model's {what} "
-                             f"layers ({', '.join(names)}) or one of their names")
-        return names[choice]
-    inside = [name for name in names if name.startswith(f"{choice}.")]  # e.g. a ViT block for its attention step
-    if choice not in layers and len(inside) == 1:
-        return inside[0]
-    if choice not in layers:
-        raise UsageError(f"layer: got {choice!r}, which is not one of the model's {what} layers"
-                         f"{did_you_mean(str(choice), names)}; they are {', '.join(names)}")
-    return choice
+    return default if choice is None else choose_layer(choice, list(layers), what)
 
 
 def pick_heads(subject: Subject, heads: int) -> list[int]:
