@@ -1,8 +1,10 @@
 """Counting attention: the CPU's fused kernel is counted, fused and explicit paths count the same, and attention's
-own multiply-adds (QK^T and AV; the linear kernel's products; SASA's window) are counted apart, against hand
-formulas."""
+own multiply-adds (QK^T and AV; the relative-position logits of BoTNet and HaloNet; the linear kernel's products;
+SASA's window) are counted apart, against hand formulas."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -20,6 +22,8 @@ from visionattn.complexity import (
 )
 from visionattn.kernels.local_attention import kernel_available
 from visionattn.layers.attention_core import Attention
+from visionattn.layers.bot_attention import BoTSelfAttention2d
+from visionattn.layers.halo_attention import HaloAttention2d
 from visionattn.layers.local_attention import LocalSelfAttention2d
 from visionattn.layers.self_attention import MultiHeadSelfAttention
 from visionattn.models.vit import VisionTransformer
@@ -34,6 +38,12 @@ def _set_impl(model: nn.Module, impl: str) -> nn.Module:
 
 def _softmax_attention_macs(b: int, h: int, n_q: int, n_k: int, d: int, d_v: int) -> int:
     return b * h * n_q * n_k * (d + d_v)  # Q K^T, then A V
+
+
+def _relative_logits_macs(queries: int, d: int, key_size: tuple[int, int]) -> int:
+    """q . r for every query against every offset of the height and the width table, as the official
+    ``rel_logits_1d`` (BoTNet's and timm's) multiplies q with the whole (2 n - 1, d) table of each axis."""
+    return queries * d * ((2 * key_size[0] - 1) + (2 * key_size[1] - 1))
 
 
 def test_the_cpu_fused_kernel_is_counted_forward_and_backward():
@@ -117,6 +127,47 @@ def test_vit_ti_16_counts_1_25_gmacs_with_its_attention():
     assert counts.total / 1e9 == pytest.approx(1.26, abs=0.01)
     assert counts.attention == depth * _softmax_attention_macs(1, 3, n, n, dim // 3, dim // 3)
     assert (counts.total - counts.attention) / 1e9 == pytest.approx(1.08, abs=0.01)
+
+
+@pytest.mark.parametrize("impl", ["fused", "explicit"])
+@pytest.mark.parametrize("size,stride", [((4, 5), 1), ((3, 6), 2)])  # 3x6: other than built, tables resampled
+def test_botnet_mhsa_by_hand_with_its_relative_logits_in_attention(impl, size, stride):
+    """BoTNet's MHSA (fig. 4) over the N = H W pixels of a map, per image: the 1x1 q, k, v projections (3 N C^2),
+    q k^T and A v (heads N^2 d each) and the relative logits (heads N d (2W - 1 + 2H - 1)); no output projection,
+    the stride's average pooling and the table resampling are element-wise. Attention's share is all but the
+    projections."""
+    b, c, heads = 2, 16, 4
+    (h, w), d = size, c // heads
+    n = h * w
+    layer = BoTSelfAttention2d(c, heads=heads, spatial_size=(4, 5), stride=stride, impl=impl)
+    counts = mac_counts(layer, torch.randn(b, c, h, w))
+    attention = b * heads * (_softmax_attention_macs(1, 1, n, n, d, d) + _relative_logits_macs(n, d, (h, w)))
+    assert counts.attention == attention
+    assert counts.total == b * n * c * 3 * c + attention
+
+
+@pytest.mark.parametrize("impl", ["fused", "explicit"])
+@pytest.mark.parametrize("kwargs,size,query_stride", [
+    ({}, (4, 8), 1),
+    ({"stride": 2}, (5, 7), 2),  # strided queries: b / 2 per block side; the map padded to whole blocks
+    ({"stride": 2, "avg_down": True}, (4, 4), 1),  # attention at stride 1, then pooling
+])
+def test_halo_attention_by_hand_with_its_relative_logits_in_attention(impl, kwargs, size, query_stride):
+    """HaloNet's blocked attention per image: the 1x1 q projection at the query stride s and the k, v projection;
+    per b x b block of the padded map, its (b / s)^2 queries against the (b + 2h)^2 keys of its window: q k^T,
+    A v, and the relative logits against both tables of 2 (b + 2h) - 1 offsets (timm's ``rel_logits_1d``)."""
+    b, c, heads, block, halo = 2, 16, 2, 4, 1
+    d_qk = d_v = 8  # make_divisible(16 * qk_ratio 1.0, 8) / 2 heads; 16 / 2 heads
+    (h, w), s = size, query_stride
+    layer = HaloAttention2d(c, heads=heads, block_size=block, halo_size=halo, impl=impl, **kwargs)
+    counts = mac_counts(layer, torch.randn(b, c, h, w))
+    queries, keys = (block // s) ** 2, (block + 2 * halo) ** 2
+    blocks = math.ceil(h / block) * math.ceil(w / block)
+    per_block = (_softmax_attention_macs(1, heads, queries, keys, d_qk, d_v)
+                 + heads * _relative_logits_macs(queries, d_qk, (block + 2 * halo,) * 2))
+    projections = math.ceil(h / s) * math.ceil(w / s) * c * heads * d_qk + h * w * c * heads * (d_qk + d_v)
+    assert counts.attention == b * blocks * per_block
+    assert counts.total == b * projections + counts.attention
 
 
 @pytest.mark.skipif(not kernel_available(), reason="the C++ kernel cannot be built here")

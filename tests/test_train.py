@@ -14,11 +14,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import visionattn
 from tests.engine_support import HERE, child_env, make_digit_folder, make_fashion_mnist, register_tiny_models
+from visionattn.checkpoint import load_state, save_state
 from visionattn.cli import build_parser, main
+from visionattn.errors import CheckpointError
 from visionattn.recipe import TrainConfig, build_optimizer, build_scheduler, config_from_args
 from visionattn.runlog import read_metrics
 from visionattn.train import train
+from visionattn.weight_decay import STATE_KEY, dimension_rule_names, no_weight_decay_names, resumed_no_decay
 
 register_tiny_models()
 
@@ -59,6 +63,95 @@ def test_weight_decay_spares_biases_and_norms():
     assert groups[0]["weight_decay"] == 5e-4 and groups[1]["weight_decay"] == 0.0
     adamw = build_optimizer(model, TrainConfig(model="m", optimizer="adamw"))
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["lr"] == 1e-3
+
+
+def _groups(model: torch.nn.Module, **cfg) -> tuple[list[str], list[str]]:
+    """The names in build_optimizer's (decayed, not decayed) groups, checking each parameter is in exactly one."""
+    opt = build_optimizer(model, TrainConfig(model="m", **cfg))
+    assert [g["weight_decay"] for g in opt.param_groups] == [TrainConfig(model="m", **cfg).weight_decay, 0.0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [[names[id(p)] for p in g["params"]] for g in opt.param_groups]
+    assert sorted(groups[0] + groups[1]) == sorted(names.values())  # each parameter once
+    return groups[0], groups[1]
+
+
+def _by_role(model: torch.nn.Module, spared: set[str]) -> tuple[list[str], list[str]]:
+    """Independently of the rule: (weights of linear maps and convolutions, everything a model should not decay:
+    biases, norms' parameters and the names in ``spared``), each in named_parameters order."""
+    decay, no_decay = [], []
+    for prefix, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            full = f"{prefix}.{name}" if prefix else name
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and name == "weight":
+                decay.append(full)
+            else:
+                assert name == "bias" or name in spared or isinstance(module, (torch.nn.LayerNorm,
+                                                                                 torch.nn.BatchNorm2d)), full
+                no_decay.append(full)
+    order = list(dict(model.named_parameters()))
+    return sorted(decay, key=order.index), sorted(no_decay, key=order.index)
+
+
+@pytest.mark.parametrize("name, spared", [
+    ("vit_patch4_28", {"pos_embed", "cls_token"}),
+    ("swin_patch2_window7_28", {"relative_position_bias_table"}),
+    ("vit_r20_28", {"pos_embed", "cls_token"}),
+])
+def test_weight_decay_spares_what_timm_spares(name, spared):
+    """ViT: biases, norms, pos_embed and cls_token undecayed; Swin: biases, norms and every bias table."""
+    with torch.device("meta"):
+        model = visionattn.create_model(name)
+    decay, no_decay = _groups(model, optimizer="adamw")
+    assert (decay, no_decay) == _by_role(model, spared)
+    assert {n.rsplit(".", 1)[-1] for n in no_decay} >= spared
+    assert not any(n.rsplit(".", 1)[-1] in spared for n in decay)
+    assert len(no_decay) == sum(p.ndim <= 1 for p in model.parameters()) + (2 if "vit" in name else 6)
+
+
+def test_window_attention_plugged_into_a_resnet_spares_its_tables():
+    with torch.device("meta"):
+        model = visionattn.create_model("resnet20", attn="swin")
+    decay, no_decay = _groups(model)
+    tables = [n for n, _ in model.named_parameters() if n.endswith(".relative_position_bias_table")]
+    assert tables and set(tables) <= set(no_decay) and not set(tables) & set(decay)
+
+
+def test_no_weight_decay_of_a_submodule_counts_with_its_prefix():
+    with torch.device("meta"):
+        vit = visionattn.create_model("vit_patch4_28")
+    wrapper = torch.nn.ModuleDict({"backbone": vit, "extra": torch.nn.Linear(4, 2)})
+    decay, no_decay = _groups(wrapper)
+    assert {"backbone.pos_embed", "backbone.cls_token", "extra.bias"} <= set(no_decay)
+    assert "backbone.pos_embed" not in decay and "extra.weight" in decay
+
+    class Lists(torch.nn.Module):  # a bias-like table by name, a 2-D ".bias", and a name it does not have
+        def __init__(self) -> None:
+            super().__init__()
+            self.table, self.proj = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Linear(2, 2)
+            self.proj.bias = torch.nn.Parameter(torch.zeros(1, 2))
+
+        def no_weight_decay(self) -> set[str]:
+            return {"table", "dist_token"}  # absent names are skipped, as timm's ViT lists a dist_token
+
+    model = Lists()
+    model.frozen = torch.nn.Parameter(torch.zeros(2, 2), requires_grad=False)
+    opt = build_optimizer(model, TrainConfig(model="m"))
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == [
+        [id(model.proj.weight)], [id(model.table), id(model.proj.bias)]]  # frozen: in neither
+
+
+@pytest.mark.parametrize("name", ["resnet20", "sk_resnet20", "botnet29", "halonet29", "axial26s", "sasa_resnet26",
+                                  "igpt_fashion"])
+def test_models_without_no_weight_decay_keep_the_dimension_rule(name):
+    """No change for them: weights of 2 or more dimensions decayed (their relative tables and embeddings too, as
+    in timm and the official code), the rest not, in the old order."""
+    with torch.device("meta"):
+        model = visionattn.create_model(name)
+    assert not any(hasattr(m, "no_weight_decay") for m in model.modules())
+    opt = build_optimizer(model, TrainConfig(model="m", optimizer="adamw"))
+    trained = [p for p in model.parameters() if p.requires_grad]  # axial's similarity BatchNorm shifts are frozen
+    old = [[p for p in trained if p.ndim > 1], [p for p in trained if p.ndim <= 1]]
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == [[id(p) for p in g] for g in old]
 
 
 def test_options_and_resume_rules():
@@ -162,6 +255,53 @@ def test_bad_checkpoint_on_resume_names_the_file(fmnist, tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "step-00000008.safetensors: written for model 'test_tiny_dynamic', this run builds 'test_tiny'" in err
+
+
+def test_a_run_from_before_the_no_weight_decay_rule_resumes_with_its_own_groups(fmnist, tmp_path, monkeypatch):
+    """A ViT run whose checkpoints were written when pos_embed and cls_token were decayed (no record of the groups
+    in its trainer state) resumes with that grouping, says so, and ends as it would have uninterrupted."""
+    run = tmp_path / "old"
+    cfg = _cfg(fmnist, run, model="vit_patch4_28", model_args={"dim": 16, "depth": 1, "heads": 2},
+               optimizer="adamw", weight_decay=0.05, ckpt_every=3, keep_checkpoints=10)
+    with monkeypatch.context() as m:  # the trainer as it was: weight decay on every parameter of 2+ dimensions
+        m.setattr("visionattn.train.no_weight_decay_names", dimension_rule_names)
+        final = train(cfg).model.state_dict()
+    for name in ("result.json", "model.safetensors"):
+        (run / name).unlink()
+    folder = run / "checkpoints"
+    for path in folder.glob("step-*.*"):
+        if int(path.name[5:13]) > 3:  # as if killed after step 3, mid epoch 1
+            path.unlink()
+    (folder / "latest.json").write_text(json.dumps(
+        {"step": 3, "weights": "step-00000003.safetensors", "state": "step-00000003.state.pt"}))
+    state = load_state(folder / "step-00000003.state.pt")
+    assert "pos_embed" not in state.pop(STATE_KEY)  # the old states had no such record
+    save_state(folder / "step-00000003.state.pt", state)
+
+    result = train(cfg, resume=True)
+    log = (run / "log.txt").read_text()
+    assert "resumed from step 3" in log
+    assert ("the checkpoint's optimizer (written before no_weight_decay() and .bias names were spared) decays "
+            "cls_token, pos_embed, unlike the current rule") in log
+    for k, v in result.model.state_dict().items():
+        assert torch.equal(v, final[k]), k
+    # its checkpoints now record the groups it keeps, so a second resume needs no guess
+    state = load_state(next(folder.glob("step-00000016.state.pt")))
+    assert "pos_embed" not in state[STATE_KEY] and "blocks.0.norm1.weight" in state[STATE_KEY]
+
+
+def test_weight_decay_record_of_a_checkpoint_is_checked():
+    with torch.device("meta"):
+        model = visionattn.create_model("vit_patch4_28")
+    current = no_weight_decay_names(model)
+    assert resumed_no_decay(model, {STATE_KEY: current}, "ckpt") == (current, None)
+    assert resumed_no_decay(model, {}, "ckpt")[0] == dimension_rule_names(model)
+    with torch.device("meta"):
+        cnn = visionattn.create_model("resnet20")
+    assert resumed_no_decay(cnn, {}, "ckpt") == (no_weight_decay_names(cnn), None)  # the rule is unchanged there
+    with pytest.raises(CheckpointError, match=r"ckpt: the trainer state's 'no_weight_decay' record holds "
+                                              r"\['head.nope'\], needed names of trainable parameters"):
+        resumed_no_decay(model, {STATE_KEY: [*current, "head.nope"]}, "ckpt")
 
 
 def _train_cmd(run_dir: Path, *extra: str) -> list[str]:

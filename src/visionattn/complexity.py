@@ -17,14 +17,17 @@ Two things are added to it here:
   (about 1.254 - 0.179) in different commits, and timm's model cards give ViT-S/16 (4.599 G here, 0.358 G
   attention) 4.6 GMACs as ``deit_small`` and 4.3 as ``vit_small``.
 - **Attention's share** (:class:`MacCounter`): the products of every attention step, counted the same on every
-  path: what runs inside an :class:`~visionattn.layers.attention_core.Attention` module (QK^T and AV of the
-  softmax kernel, explicit or fused; the linear kernel's phi(K)^T V, phi(Q) (.) and normaliser products), and any
-  fused attention op elsewhere (an op whose name says ``attention``: SASA's local-attention kernel, QK and AV over
-  the k x k window). Counted for the forward pass (the backward's attention ops are left out of the share). Not
-  in the share: products outside the step (a relative-position term computed before it, as BoTNet's), SASA's
-  pure-PyTorch reference (the fallback where its C++ kernel cannot be built; counted in the total), and the
-  SASA stem's window products, which are element-wise (counted nowhere, as FlopCounterMode counts no
-  element-wise work).
+  path: what runs inside a module whose class says ``attention_products = True`` -- the
+  :class:`~visionattn.layers.attention_core.Attention` step (QK^T and AV of the softmax kernel, explicit or
+  fused; the linear kernel's phi(K)^T V, phi(Q) (.) and normaliser products; axial attention's A r^v) and the
+  relative-position logits computed for it (BoTNet's and HaloNet's q r^T,
+  :class:`~visionattn.layers.relative_position.RelativePositionLogits2d`; axial attention's q r^q and k r^k) --
+  and any fused attention op elsewhere (an op whose name says ``attention``: SASA's local-attention kernel, QK
+  and AV over the k x k window, its relative embedding added to the keys). Counted for the forward pass (the
+  backward's attention ops are left out of the share). Not in the share: SASA's pure-PyTorch reference (the
+  fallback where its C++ kernel cannot be built; counted in the total), and the SASA stem's window products,
+  which are element-wise (counted nowhere, as FlopCounterMode counts no element-wise work). The protocol is
+  one class attribute, so that this module knows no particular layer.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from visionattn.errors import UsageError
-from visionattn.layers.attention_core import Attention
 from visionattn.registry import create_attn_for_size, get_attn_entry, list_attn
 
 __all__ = ["count_params", "count_macs", "count_training_macs", "mac_counts", "MacCounts", "MacCounter",
@@ -76,9 +78,10 @@ def _is_forward_attention_op(op: Any) -> bool:
 class MacCounter:
     """``FlopCounterMode`` over a run of ``model``, with attention's own share counted apart.
 
-    Attention MACs are those of the ops run inside the model's :class:`Attention` steps, plus those of fused
-    attention ops run anywhere else (SASA's kernel). :meth:`total` and :meth:`attention` may be read at any time
-    (e.g. from hooks, per stage), and after the ``with`` block.
+    Attention MACs are those of the ops run inside the model's modules that say ``attention_products = True``
+    (the :class:`~visionattn.layers.attention_core.Attention` steps and the relative-position logits computed for
+    them), plus those of fused attention ops run anywhere else (SASA's kernel). :meth:`total` and
+    :meth:`attention` may be read at any time (e.g. from hooks, per stage), and after the ``with`` block.
 
     Example:
         >>> with MacCounter(model) as counter:
@@ -88,7 +91,7 @@ class MacCounter:
 
     def __init__(self, model: nn.Module) -> None:
         self.flops = FlopCounterMode(display=False)
-        self._steps = [m for m in model.modules() if isinstance(m, Attention)]
+        self._steps = [m for m in model.modules() if getattr(type(m), "attention_products", False)]
         self._handles: list[Any] = []
         self._depth, self._inside, self._start = 0, 0, (0, 0)
 
@@ -130,7 +133,8 @@ class MacCounter:
 
 @dataclass(frozen=True)
 class MacCounts:
-    """Multiply-adds of one pass: all of them, and attention's (QK^T and AV, or the linear kernel's products)."""
+    """Multiply-adds of one pass: all of them, and attention's (QK^T, AV and relative-position logits, or the
+    linear kernel's products)."""
 
     total: int
     attention: int

@@ -2,8 +2,9 @@
 
 Defaults are for small images (Fashion-MNIST, CIFAR-sized folders): SGD with momentum 0.9 and lr 0.1 for a
 global batch of 128, one epoch of linear warm-up then cosine decay to zero (Loshchilov & Hutter 2017, SGDR eq. 5,
-without restarts), weight decay 5e-4 on weights but not on biases and normalisation parameters, random crop with
-2-pixel padding and horizontal flip.
+without restarts), weight decay 5e-4 on weights but not on biases, normalisation parameters and what the model
+lists in ``no_weight_decay()`` (position embeddings, class tokens, relative position bias tables:
+:func:`build_optimizer`), random crop with 2-pixel padding and horizontal flip.
 
 ``--recipe vit`` starts from the recipe vision transformers need on small data instead (:data:`RECIPES`): AdamW,
 a longer warm-up, cosine decay, label smoothing (DeiT, Touvron et al. 2021, and the small-data ViT studies
@@ -22,6 +23,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -250,7 +252,9 @@ _OPTIONS: list[tuple[str, Any, str]] = [
     ("--optimizer", str, "sgd (with momentum) or adamw"),
     ("--lr", float, "peak learning rate (default 0.1 for sgd, 1e-3 for adamw)"),
     ("--momentum", float, "SGD momentum"),
-    ("--weight-decay", float, "weight decay on weights, not on biases or norms (default 5e-4 sgd, 0.05 adamw)"),
+    ("--weight-decay", float, "weight decay on weights, not on biases, norms or what the model's no_weight_decay() "
+                              "lists (ViT's pos_embed and cls_token, Swin's relative position bias tables) "
+                              "(default 5e-4 sgd, 0.05 adamw)"),
     ("--warmup-epochs", float, "linear warm-up length in epochs, before the cosine decay"),
     ("--min-lr", float, "learning rate at the end of the cosine decay"),
     ("--label-smoothing", float, "label smoothing of the training loss"),
@@ -361,13 +365,29 @@ def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return whole if cfg.max_steps is None else min(cfg.max_steps, whole)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum) or AdamW; weight decay only on parameters with two or more dimensions."""
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    no_decay: Collection[str] | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over two parameter groups: ``cfg.weight_decay`` on the first, none on the second.
+
+    A trainable parameter goes to the second group (timm's rule, :mod:`visionattn.weight_decay`) when it has at
+    most one dimension (biases, normalisation scales and shifts), when its name ends in ``.bias``, or when the
+    model or one of its submodules lists it in a ``no_weight_decay()`` method returning parameter names relative
+    to that module: a ViT's ``pos_embed`` and ``cls_token``, Swin's relative position bias tables. Every other
+    trainable parameter goes to the first; frozen ones to neither. Each group keeps ``model.named_parameters()``
+    order, and the groups keep their order (decayed first), as a checkpoint's optimizer state maps by position.
+
+    Args:
+        model: the network (not a DistributedDataParallel wrapper: names are the model's own).
+        cfg: the recipe (``optimizer``, ``lr``, ``momentum``, ``weight_decay``).
+        no_decay: the names of the second group instead of the rule's: a resumed run's checkpoint grouping
+            (:func:`visionattn.weight_decay.resumed_no_decay`).
+    """
     import torch
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    from visionattn.weight_decay import no_weight_decay_names, split_by_decay
+
+    decay, spared = split_by_decay(model, no_weight_decay_names(model) if no_decay is None else no_decay)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": spared, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -64,6 +64,7 @@ from visionattn.train_guards import (
     diverged,
     interrupted,
 )
+from visionattn.weight_decay import STATE_KEY, no_weight_decay_names, resumed_no_decay
 
 __all__ = ["train", "run_cli", "preflight", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -188,7 +189,8 @@ class Trainer:
         self.model = model.to(info.device)
         if cfg.channels_last:
             self.model = to_channels_last(self.model)
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.no_decay = no_weight_decay_names(self.model)  # recorded in every checkpoint (resumed_no_decay)
+        self.optimizer = build_optimizer(self.model, cfg, self.no_decay)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.temperature = _temperature_schedule(self.model, cfg, self.steps_per_epoch)
         self.net = self.model
@@ -217,6 +219,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                STATE_KEY: list(self.no_decay),
                 "temperature": self.temperature.state_dict() if self.temperature else None,
                 "rng": capture_rng(), "accum": self.synced.clone(), "history": self.history,
                 "elapsed_s": self.elapsed, "config": self.cfg.to_dict(), **self.task.record()}
@@ -224,6 +227,12 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step = int(state["global_step"])
+        no_decay, note = resumed_no_decay(self.model, state, self.ckpt.folder)
+        if note is not None:  # its moments belong to the checkpoint's groups: rebuild them before loading
+            self.log.info(note)
+            self.no_decay = no_decay
+            self.optimizer = build_optimizer(self.model, self.cfg, no_decay)
+            self.scheduler = build_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.optimizer.load_state_dict(state["optimizer"])
         fit_optimizer_state(self.optimizer)  # SK fuse/select moments saved before the ecosystem names: (d, C) -> 1x1
         self.scheduler.load_state_dict(state["scheduler"])

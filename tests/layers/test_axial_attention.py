@@ -260,15 +260,22 @@ def test_a_wrong_axis_gets_a_did_you_mean():
         AxialAttention(8, heads=2, axis="widht", length=4)
 
 
-def test_attentions_multiply_adds_are_counted_as_attention():
-    """The MAC count's attention share is each pass's Q K^T, A V and A r^v: lines x heads x n^2 x (d / 2 + 2 d)."""
+@pytest.mark.parametrize("span", [None, 3])
+def test_multiply_adds_by_hand_with_the_positional_logits_in_attention(span):
+    """Per pass over L lines of n positions (d = C / heads; q and k d / 2 each): the 1x1 projection to 2C
+    (L n C 2C); q k^T, q r^q and k r^k (L heads n^2 d / 2 each); A v and A r^v (L heads n^2 d each), over every
+    pair of a line whatever the span (the span is a mask). In eval mode bn_similarity divides by its running
+    variance, so no moments are taken. Attention's share is all but the projections."""
     from visionattn.complexity import mac_counts
 
-    layer = AxialAttention2d(16, heads=4, spatial_size=(6, 5))
-    macs = mac_counts(layer, torch.randn(2, 16, 6, 5))
-    d = 16 // 4
-    height, width = 2 * 5 * 4 * 6 ** 2 * (d // 2 + 2 * d), 2 * 6 * 4 * 5 ** 2 * (d // 2 + 2 * d)
-    assert macs.attention == height + width < macs.total
+    b, c, heads, (h, w) = 2, 16, 4, (6, 5)
+    d = c // heads
+    layer = AxialAttention2d(c, heads=heads, spatial_size=(h, w), span=span)
+    macs = mac_counts(layer, torch.randn(b, c, h, w))
+    lines_n = ((b * w, h), (b * h, w))  # height pass: a line per column; width pass: per row
+    attention = sum(lines * heads * n ** 2 * (3 * (d // 2) + 2 * d) for lines, n in lines_n)
+    assert macs.attention == attention
+    assert macs.total == sum(lines * n * c * 2 * c for lines, n in lines_n) + attention
 
 
 def test_axial_relative_embeddings_index_query_minus_key():

@@ -23,6 +23,7 @@ from visionattn.layers.relative_position import resample_bias_table
 from visionattn.models.pretrained import check_pretrained, load_pretrained
 from visionattn.models.swin import SwinTransformer, convert_official_swin_state_dict
 from visionattn.models.swin_zoo import SWIN_GMACS, SWIN_PARAMS, SWIN_TIMM_NAMES
+from visionattn.weight_decay import no_weight_decay_names
 
 RECORD = Path(__file__).resolve().parent.parent / "data" / "timm_swin.json.gz"
 ISSUE_PARAMS = {"swin_tiny_patch4_window7_224": 28.29e6, "swin_small_patch4_window7_224": 49.61e6,
@@ -223,8 +224,9 @@ def test_forward_intermediates_features_and_head():
 
 def test_no_weight_decay_names_the_bias_tables_and_reset_classifier():
     model = _small().double()
-    assert model.no_weight_decay() == {f"layers.{i}.blocks.{j}.attn.relative_position_bias_table"
-                                       for i in range(3) for j in range(2)}
+    tables = {f"layers.{i}.blocks.{j}.attn.relative_position_bias_table" for i in range(3) for j in range(2)}
+    assert tables <= set(no_weight_decay_names(model))  # each window attention names its own table
+    assert not {n for n in no_weight_decay_names(model) if n.endswith("table")} - tables
     model.reset_classifier(3)
     assert model.get_classifier().out_features == 3 and model.get_classifier().weight.dtype == torch.float64
     assert model.pretrained_cfg.num_classes == 3 and model.pretrained_cfg.classifier == "head.fc"

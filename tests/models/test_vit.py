@@ -191,6 +191,8 @@ def test_no_weight_decay_names_the_embeddings():
     model = _tiny()
     assert model.no_weight_decay() == {"pos_embed", "cls_token"}
     assert model.no_weight_decay() <= dict(model.named_parameters()).keys()
+    pooled = _tiny(class_token=False, global_pool="avg")  # names only the parameters it has
+    assert pooled.no_weight_decay() == {"pos_embed"}
 
 
 # --- other image sizes -------------------------------------------------------------------------------------------

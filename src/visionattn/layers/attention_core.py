@@ -27,6 +27,11 @@ tensor is then at most that many elements per batch and head.
 :class:`AttentionRecorder` (any :class:`~visionattn.layers.recording.Recorder`) is attached, also hands the
 weights to it -- recomputed from the same q, k, bias and mask, so the output still comes from the fused path and
 recording costs nothing when it is off.
+
+Attention's share of a model's multiply-adds (:class:`visionattn.complexity.MacCounter`) is the products run
+inside the modules whose class says ``attention_products = True``: :class:`Attention`, and a module that computes
+another term of a step's logits for it, such as relative-position logits passed as ``bias``
+(:class:`~visionattn.layers.relative_position.RelativePositionLogits2d`).
 """
 
 from __future__ import annotations
@@ -185,6 +190,7 @@ class Attention(Recordable, nn.Module):
     """
 
     record_kind = "attention"
+    attention_products = True  # the MAC count takes what runs in here as attention's share
 
     def __init__(self, kernel: str = "softmax", causal: bool = False, dropout: float = 0.0,
                  scale: float | None = None, impl: str = "auto") -> None:

@@ -22,14 +22,15 @@ channel, and here a channel is one term of one head, so inside the softmax over 
 span as its mask. In training sigma is the batch statistic of each term over every line and every attended pair,
 as in the official ``nn.BatchNorm2d`` over the stacked (lines, 3 heads, n, n) similarities; it is computed from the
 sums of a_i . b_j and (a_i . b_j)^2, which need no (n x n) tensor per term (Gram matrices; band sums of outer
-products for a local span), with its gradient, and the running statistics are updated as BatchNorm does. The
-shift ``beta`` of ``bn_similarity`` has no effect (its gradient in the official code is zero), so it is frozen
-(``requires_grad=False``) and kept for the official layout and parameter count. (The height pass's ``bn_output``
-shift is removed by the width pass's training-mode ``bn_qkv``, so its gradient is zero in training, as in the
-official code; with frozen, eval-mode BatchNorms it is not, so it stays trainable.) The weights themselves are
-formed (the explicit path of the core): the positional value term sum_p a_op r^v_{p-o} needs them, which a fused
-kernel never exposes. That step is :class:`PositionalValueAttention`, an ``Attention`` subclass, so that the recorder
-and the MAC count see it.
+products for a local span), with its gradient, and the running statistics are updated as BatchNorm does (in eval
+mode sigma is the running statistic, and no sums are taken). The shift ``beta`` of ``bn_similarity`` has no
+effect (its gradient in the official code is zero), so it is frozen (``requires_grad=False``) and kept for the
+official layout and parameter count. (The height pass's ``bn_output`` shift is removed by the width pass's
+training-mode ``bn_qkv``, so its gradient is zero in training, as in the official code; with frozen, eval-mode
+BatchNorms it is not, so it stays trainable.) The weights themselves are formed (the explicit path of the core):
+the positional value term sum_p a_op r^v_{p-o} needs them, which a fused kernel never exposes. That step is
+:class:`PositionalValueAttention`, an ``Attention`` subclass, so that the recorder and the MAC count see it; the
+positional logits are :class:`PositionalLogits`, which the MAC count takes as attention's too.
 
 Span: global along the axis (``span=None``, the paper's ImageNet models, the official code's only form), whose
 tables are built for the map size (``spatial_size``) and resampled for another size
@@ -60,7 +61,7 @@ from visionattn.layers.helpers import check_feature_map, check_odd, check_positi
 from visionattn.layers.relative_position import axial_relative_embeddings
 from visionattn.registry import register_attn
 
-__all__ = ["PositionalValueAttention", "AxialAttention", "AxialAttention2d", "span_mask"]
+__all__ = ["PositionalLogits", "PositionalValueAttention", "AxialAttention", "AxialAttention2d", "span_mask"]
 
 _PAPER = "Wang et al. 2020, Axial-DeepLab: Stand-Alone Axial-Attention for Panoptic Segmentation"
 AXES = ("height", "width")
@@ -111,12 +112,18 @@ def _offset_moments(a: torch.Tensor, emb: torch.Tensor, mask: torch.Tensor | Non
     return torch.einsum("lgnd,nd->g", a, emb.sum(1)), torch.einsum("lgnd,nde,lgne->g", a, second, a)
 
 
-def _batch_norm_scale(bn: nn.BatchNorm2d, total: torch.Tensor, squares: torch.Tensor, count: int) -> torch.Tensor:
+def _uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` normalises by the batch's statistics (training, or no running statistics kept)."""
+    return bn.training or bn.running_var is None
+
+
+def _batch_norm_scale(bn: nn.BatchNorm2d, total: torch.Tensor | None, squares: torch.Tensor | None, count: int,
+                      dtype: torch.dtype) -> torch.Tensor:
     """gamma / sqrt(var + eps) per channel of ``bn`` for values with this sum and sum of squares over ``count``
     entries each, as ``bn`` would scale them: the batch variance in training (updating the running statistics
     as nn.BatchNorm does: momentum, or a cumulative average when it is None; the unbiased variance), the running
-    variance in eval mode."""
-    if bn.training or bn.running_var is None:
+    variance in eval mode, where the sums are not needed (None)."""
+    if _uses_batch_statistics(bn):
         mean = total / count
         var = (squares / count - mean * mean).clamp_min(0.0)
         if bn.training and bn.track_running_stats:
@@ -127,8 +134,8 @@ def _batch_norm_scale(bn: nn.BatchNorm2d, total: torch.Tensor, squares: torch.Te
                 bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
                 bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), factor)
     else:
-        var = bn.running_var.to(total.dtype)
-    return bn.weight.to(total.dtype) / torch.sqrt(var + bn.eps)
+        var = bn.running_var.to(dtype)
+    return bn.weight.to(dtype) / torch.sqrt(var + bn.eps)
 
 
 class PositionalValueAttention(Attention):
@@ -157,6 +164,22 @@ class PositionalValueAttention(Attention):
         # (einsum would keep a transposed copy of them for backward)
         positions = torch.matmul(weights.flatten(0, 1).transpose(0, 1), rel_v).transpose(0, 1).view_as(values)
         return values, positions
+
+
+class PositionalLogits(nn.Module):
+    """The positional terms of eq. 4's logits, q_o . r^q_{p-o} + k_p . r^k_{p-o}, for every pair of a line (the
+    content term q_o . k_p is the attention step's): lines x heads x n^2 x 2 d_k multiply-adds, counted in
+    attention's share (``attention_products``) as the step's own. No parameters: the tables are the layer's.
+
+    Shape:
+        - Input: q, k (L, heads, n, d_k), each already scaled; rel_q, rel_k (n, n, d_k)
+        - Output: (L, heads, n, n)
+    """
+
+    attention_products = True
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, rel_q: torch.Tensor, rel_k: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("lgid,ijd->lgij", q, rel_q) + torch.einsum("lgjd,jid->lgij", k, rel_k)
 
 
 class AxialAttention(nn.Module):
@@ -204,6 +227,7 @@ class AxialAttention(nn.Module):
         self.bn_output = nn.BatchNorm1d(2 * self.out_channels)
         offsets = 2 * self.length - 1 if span is None else span
         self.relative = nn.Parameter(torch.empty(2 * self.dim_head, offsets))
+        self.position_logits = PositionalLogits()
         self.attend = PositionalValueAttention()
         self.reset_parameters()
 
@@ -225,11 +249,13 @@ class AxialAttention(nn.Module):
         no_autocast = torch.autocast(q.device.type, enabled=False) if q.device.type in ("cpu", "cuda") \
             else contextlib.nullcontext()
         with no_autocast:
-            q, k, e_q, e_k = (t.to(dtype) for t in (q, k, e_q, e_k))
-            terms = (_pair_moments(q, k, None if mask is None else self.span),
-                     _offset_moments(q, e_q, mask), _offset_moments(k, e_k, mask))
-            total, squares = (torch.cat(parts) for parts in zip(*terms))
-            scale = _batch_norm_scale(self.bn_similarity, total, squares, q.shape[0] * pairs)
+            total = squares = None
+            if _uses_batch_statistics(self.bn_similarity):  # in eval mode the running variance: no sums to take
+                q, k, e_q, e_k = (t.to(dtype) for t in (q, k, e_q, e_k))
+                terms = (_pair_moments(q, k, None if mask is None else self.span),
+                         _offset_moments(q, e_q, mask), _offset_moments(k, e_k, mask))
+                total, squares = (torch.cat(parts) for parts in zip(*terms))
+            scale = _batch_norm_scale(self.bn_similarity, total, squares, q.shape[0] * pairs, dtype)
         return scale.view(3, self.heads, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,7 +272,7 @@ class AxialAttention(nn.Module):
         mask = span_mask(n, self.span, x.device)
         s_qk, s_qr, s_kr = self._similarity_scales(q, k, e_q, e_k, mask).to(q.dtype)
         # q_i . r^q[i - j] and k_j . r^k[j - i], each scaled on the small side before the (n, n) products
-        bias = torch.einsum("lgid,ijd->lgij", q * s_qr, e_q) + torch.einsum("lgjd,jid->lgij", k * s_kr, e_k)
+        bias = self.position_logits(q * s_qr, k * s_kr, e_q, e_k)
         values, positions = self.attend(q * s_qk, k, v, bias, mask, rel_v=e_v)
         out = rearrange(torch.stack([values, positions], -1), "l g n c t -> l (g c t) n")
         out = self.bn_output(out).unflatten(1, (self.out_channels, 2)).sum(2)

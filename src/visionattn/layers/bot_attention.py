@@ -14,8 +14,11 @@ with ``proj=False`` and this ``rel_pos``.
 
 Defaults follow BoTNet's official code (the TPU code and its reference gist): the queries are scaled by
 d^-1/2 before both q k^T and the relative logits (``scale_pos_embed=True``); timm's ``BottleneckAttn`` leaves
-X
-``botnet26t_256`` uses to compute what timm's does).
+them unscaled (``scale_pos_embed=False``, which ``botnet26t_256`` uses to compute what timm's does).
+
+Multiply-adds per image over N = H W pixels, C = heads d channels: 3 N C^2 for the projections, heads N^2 d each
+for q k^T and A v, and heads N d (2W - 1 + 2H - 1) for the relative logits (the official ``rel_logits_1d``: q
+against every offset of each table); the last three are attention's share of the MAC count.
 """
 
 from __future__ import annotations

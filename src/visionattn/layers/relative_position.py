@@ -144,6 +144,10 @@ class RelativePositionLogits2d(nn.Module):
     each table is resampled to 2H - 1 (2W - 1) offsets by linear interpolation along the offset axis
     (:func:`resample_offsets`, the way timm resizes relative tables); the parameters keep the built size.
 
+    Multiply-adds: q . r for every query and every one of the 2W - 1 (2H - 1) offsets, as the official
+    ``rel_logits_1d``: N_q d (2 W_k - 1 + 2 H_k - 1) per head, for N_q = H W queries and an H_k x W_k key grid;
+    counted in attention's share (``attention_products``), as the q k^T they are added to.
+
     Args:
         dim_head: d, channels per head of the queries.
         spatial_size: the key grid (H, W) the tables are built for (2H - 1 and 2W - 1 offsets).
@@ -154,6 +158,8 @@ class RelativePositionLogits2d(nn.Module):
         - Input: q (..., H * W, d), size (H, W), key_size (H_k, W_k) (default: size)
         - Output: (..., H * W, H_k * W_k)
     """
+
+    attention_products = True  # q . r is a term of the attention's logits (visionattn.complexity.MacCounter)
 
     def __init__(self, dim_head: int, spatial_size: int | Size, scale: float = 1.0) -> None:
         super().__init__()

@@ -174,6 +174,11 @@ class WindowAttention(MultiHeadSelfAttention):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)  # the official code's and timm's
         self._masks: dict[tuple[Size, Size, Size, torch.device], torch.Tensor | None] = {}
 
+    def no_weight_decay(self) -> set[str]:
+        """The bias table, which the official code and timm train without weight decay (wherever the layer is
+        plugged: :mod:`visionattn.weight_decay` reads this for every submodule)."""
+        return {"relative_position_bias_table"}
+
     def position_bias(self) -> torch.Tensor:
         """B of eq. 4 for one window, (heads, N, N)."""
         return relative_position_bias(self.relative_position_bias_table, self.relative_position_index)

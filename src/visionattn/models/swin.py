@@ -232,10 +232,6 @@ class SwinTransformer(PatchInput, nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def no_weight_decay(self) -> set[str]:
-        """The bias tables, which timm and the official code train without weight decay."""
-        return {n for n, _ in self.named_parameters() if n.endswith(_TABLE)}
-
     def window_plan(self) -> list[dict[str, Any]]:
         """Every block's window, shift and the reason a shift or window was changed from M (``note``)."""
         return [{"block": f"layers.{i}.blocks.{j}", "window_size": b.window_size, "shift_size": b.shift_size,

@@ -224,8 +224,9 @@ class VisionTransformer(PatchInput, nn.Module):
             nn.init.normal_(self.cls_token, std=1e-6)
 
     def no_weight_decay(self) -> set[str]:
-        """The parameters timm (and the official code) train without weight decay."""
-        return {"pos_embed", "cls_token"}
+        """The parameters timm (and the official code) train without weight decay: the position embeddings and the
+        class token (when there is one); :func:`visionattn.recipe.build_optimizer` reads them."""
+        return {"pos_embed"} | ({"cls_token"} if self.cls_token is not None else set())
 
     def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The position embeddings for a ``grid`` of patches (resampled from the built grid if it differs)."""
