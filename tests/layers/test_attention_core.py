@@ -18,6 +18,7 @@ from visionattn.layers.attention_core import (
     resolve_impl,
 )
 from visionattn.layers.transformer import DropPath, TransformerBlock
+from visionattn.registry import create_attn
 
 
 def _qkv(b=2, h=3, n=5, m=None, d=4, dv=6, seed=0, dtype=torch.float64):
@@ -91,6 +92,16 @@ def test_a_query_with_no_key_gets_zero(impl):
     assert (out[:, :, 2] == 0).all()
     torch.testing.assert_close(out, _loop(q, k, v, allowed=mask))
     assert (attention_weights(q, k, mask=mask)[:, :, 2] == 0).all()
+
+
+def test_masked_weights_on_the_meta_device_have_their_shape():
+    """The cost tables build and run models on the meta device, where no mask can be tested for empty rows."""
+    q, k = (torch.empty(1, 2, 4, 3, device="meta") for _ in range(2))
+    weights = attention_weights(q, k, mask=torch.ones(4, 4, dtype=torch.bool, device="meta"))
+    assert weights.is_meta and weights.shape == (1, 2, 4, 4)
+    with torch.device("meta"):
+        halo = create_attn("halo", 8, block_size=2, halo_size=1, heads=2, impl="explicit")
+        assert halo(torch.empty(1, 8, 6, 6)).shape == (1, 8, 6, 6)
 
 
 def test_weights_rows_sum_to_one_in_bf16():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import visionattn
 from visionattn import testing
 from visionattn.errors import UsageError
 from visionattn.layers.attention_core import AttentionRecorder
+from visionattn.models import vit
 from visionattn.models.hybrid import HybridVisionTransformer
 from visionattn.models.pretrained import FASHION_MNIST_MEAN, IMAGENET_MEAN
 
@@ -92,6 +94,18 @@ def test_convolutions_he_and_the_rest_the_vits_initialisation():
     assert not model.patch_embed.proj.bias.any()
     assert abs(model.pos_embed.std().item() / 0.02 - 1) < 0.2
     assert abs(model.blocks[0].attn.qkv.weight.std().item() / 0.02 - 1) < 0.1
+
+
+def test_the_vits_patch_embedding_is_never_built(monkeypatch):
+    """The CNN stages are the embedding: no p x p PatchEmbed is made (and its initialisation drawn) to be thrown
+    away, and the model is initialised once."""
+    built, inits = [], []
+    monkeypatch.setattr(vit.PatchEmbed, "__init__", lambda self, *a: built.append(a) or nn.Module.__init__(self))
+    original = vit.VisionTransformer.init_weights
+    monkeypatch.setattr(vit.VisionTransformer, "init_weights", lambda self: inits.append(1) or original(self))
+    model = _small()
+    assert not built and len(inits) == 1
+    assert not any(isinstance(m, vit.PatchEmbed) for m in model.modules())
 
 
 def test_model_api():

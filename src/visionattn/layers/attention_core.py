@@ -125,8 +125,9 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | Non
     # softmax in fp32 for half inputs (a bf16 row sum drifts by 1e-2), in the input's precision otherwise
     weights = logits.softmax(-1).to(dtype)
     # a row with nothing to attend is all -inf (or, folded, uniform): zero it, as the fused path does; checked on
-    # the mask's own (broadcastable) shape, and always under compile (no data-dependent branch in a graph)
-    if empty is not None and (torch.compiler.is_compiling() or empty.any()):
+    # the mask's own (broadcastable) shape, and always under compile (no data-dependent branch in a graph) and on
+    # the meta device (no data: the cost tables count models there)
+    if empty is not None and (torch.compiler.is_compiling() or empty.is_meta or empty.any()):
         weights = weights.masked_fill(empty, 0.0)
     return weights
 

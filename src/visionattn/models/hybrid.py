@@ -116,19 +116,18 @@ class HybridVisionTransformer(VisionTransformer):
                          class_token=class_token, global_pool=global_pool, fc_norm=fc_norm, drop_rate=drop_rate,
                          pos_drop_rate=pos_drop_rate, proj_drop_rate=proj_drop_rate,
                          attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-                         strict_img_size=strict_img_size, kernel=kernel, norm_eps=norm_eps)
-        self.patch_embed = embed  # in place of the ViT's p x p patches: the token grid is the same
+                         strict_img_size=strict_img_size, kernel=kernel, norm_eps=norm_eps,
+                         embed=embed)  # in place of the ViT's p x p patches: the token grid is the same
         self.zero_init_last = zero_init_last
         self.pretrained_cfg = backbone.pretrained_cfg.replace(num_classes=num_classes,
                                                               first_conv=f"patch_embed.backbone.{_first(backbone)}",
                                                               classifier="head")
-        self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """The ViT's initialisation, then He (fan-out) for every convolution and the backbone's own BN rule."""
         super().init_weights()
-        if isinstance(self.patch_embed, HybridEmbed):  # (the ViT's constructor calls this before the swap too)
+        if isinstance(self.patch_embed, HybridEmbed):  # (the ViT's constructor calls this, once)
             self.patch_embed.backbone.init_weights()
             init_conv(self.patch_embed.proj)
             nn.init.zeros_(self.patch_embed.proj.bias)

@@ -137,6 +137,9 @@ class VisionTransformer(PatchInput, nn.Module):
         kernel: the attention kernel, ``"softmax"`` or ``"linear"``.
         norm_eps: LayerNorm epsilon.
         norm_stats: the data the weights are for, recorded in ``pretrained_cfg`` (:data:`NORM_STATS`).
+        embed: the patch embedding, in place of :class:`PatchEmbed` (timm's ``embed_layer``): a module from
+            (B, in_chans, H, W) to (B, grid_h * grid_w, dim) tokens on the grid ``patch_size`` gives, with
+            PatchEmbed's ``pad`` (the hybrid's CNN stages: :mod:`visionattn.models.hybrid`).
 
     Shape:
         - Input: (B, in_chans, H, W)
@@ -151,7 +154,7 @@ class VisionTransformer(PatchInput, nn.Module):
                  fc_norm: bool | None = None, drop_rate: float = 0.0, pos_drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  strict_img_size: bool = False, kernel: str = "softmax", norm_eps: float = 1e-6,
-                 norm_stats: str = "inception") -> None:
+                 norm_stats: str = "inception", embed: nn.Module | None = None) -> None:
         super().__init__()
         self.img_size = pair("img_size", img_size)
         patch = check_positive_int("patch_size", patch_size)
@@ -168,7 +171,7 @@ class VisionTransformer(PatchInput, nn.Module):
         self.num_prefix_tokens = 1 if class_token else 0
         self.grid = self.feature_grid(self.img_size)
 
-        self.patch_embed = PatchEmbed(in_chans, dim, patch)
+        self.patch_embed = PatchEmbed(in_chans, dim, patch) if embed is None else embed
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.grid[0] * self.grid[1], dim))
         self.pos_drop = nn.Dropout(pos_drop_rate)
