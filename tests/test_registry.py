@@ -7,7 +7,7 @@ import pytest
 
 import visionattn
 from visionattn.errors import UsageError, did_you_mean
-from visionattn.registry import ATTN, MODELS
+from visionattn.registry import ATTN, MODELS, Entry
 
 
 def test_import_does_not_load_torch_until_a_name_is_asked_for():
@@ -58,3 +58,34 @@ def test_did_you_mean_stays_quiet_when_nothing_is_close():
 def test_unknown_names_are_clear_errors(call, match):
     with pytest.raises(UsageError, match=match):
         call()
+
+
+def test_entry_placement_flags_are_checked_when_registered():
+    def factory(channels):  # pragma: no cover - never built
+        raise AssertionError
+
+    with pytest.raises(UsageError, match=r"placement: got 'stages' for 'x', needed one of block, stage, after.*"
+                                         r"did you mean 'stage'"):
+        Entry(name="x", factory=factory, placement="stages")
+    with pytest.raises(UsageError, match="own_norm_act: 'x' sets it but is not conv_like"):
+        Entry(name="x", factory=factory, own_norm_act=True)
+    with pytest.raises(UsageError, match="placement: 'x' is conv_like"):
+        Entry(name="x", factory=factory, conv_like=True, placement="after")
+
+
+def test_a_layer_registered_elsewhere_is_placed_by_its_entry(monkeypatch):
+    """The plug reads the placement from the registry, not from a list of names: a new layer registered with
+    placement="stage" goes at the ends of the stages, as BAM does."""
+    import torch
+
+    from visionattn.models.resnet import ResNet
+
+    entry = Entry(name="my_gate", factory=lambda channels: torch.nn.Conv2d(channels, channels, 1),
+                  family="channel", placement="stage")
+    monkeypatch.setitem(ATTN._entries, "my_gate", entry)
+    model = ResNet("basic", (1, 1, 1), (8, 16, 32), num_classes=2, small_input=True, attn="my_gate")
+    gates = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1)
+             and m.in_channels == m.out_channels and "downsample" not in name]
+    bam = ResNet("basic", (1, 1, 1), (8, 16, 32), num_classes=2, small_input=True, attn="bam")
+    assert gates == [n for n, m in bam.named_modules() if type(m).__name__ == "BottleneckAttention"]
+    assert gates == ["layer1.attn", "layer2.attn"]  # every stage but the last

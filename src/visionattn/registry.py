@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
+    "PLACEMENTS",
     "Entry",
     "Registry",
     "ATTN",
@@ -38,6 +39,10 @@ __all__ = [
     "list_models",
     "get_model_entry",
 ]
+
+
+PLACEMENTS = ("block", "stage", "after")
+"""Where a layer that is not ``conv_like`` goes in a ResNet by default (:attr:`Entry.placement`)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,15 @@ class Entry:
         variants: keyword sets the contract tests build besides the defaults.
         defaults: keyword arguments applied before the caller's (used by named variants of one class).
         min_channels: smallest channel count the default configuration accepts (for contract tests).
+        placement: where its paper puts a layer that is not ``conv_like`` in a ResNet (the plug's default,
+            :mod:`visionattn.models.plug`): ``"block"`` (in every residual block, before the sum), ``"stage"``
+            (at the end of every stage but the last: BAM) or ``"after"`` (on a block's output: non-local).
+        own_norm_act: ``conv_like`` only: it ends in its own BN and activation (SK, SplAt), so the block adds
+            none after it.
+        unit_layout: ``conv_like`` only: blocks with it name their convolutions as units (``conv1.conv``,
+            ``conv1.bn``: timm's SKNet layout) rather than flat (``conv1``, ``bn1``).
+        every_conv: ``conv_like`` only: it replaces every convolution of a residual branch (CondConv, dynamic
+            convolution), not only the k x k one.
     """
 
     name: str
@@ -67,6 +81,22 @@ class Entry:
     variants: tuple[Mapping[str, Any], ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict)
     min_channels: int = 1
+    placement: str = "block"
+    own_norm_act: bool = False
+    unit_layout: bool = False
+    every_conv: bool = False
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise UsageError(f"placement: got {self.placement!r} for {self.name!r}, needed one of "
+                             f"{', '.join(PLACEMENTS)}{did_you_mean(str(self.placement), PLACEMENTS)}")
+        conv_only = [key for key in ("own_norm_act", "unit_layout", "every_conv") if getattr(self, key)]
+        if conv_only and not self.conv_like:
+            raise UsageError(f"{conv_only[0]}: {self.name!r} sets it but is not conv_like; only a layer that takes "
+                             "the place of a convolution has a norm, a layout or convolutions to replace")
+        if self.conv_like and self.placement != "block":
+            raise UsageError(f"placement: {self.name!r} is conv_like, so it goes in place of a convolution; "
+                             f"leave placement at 'block', got {self.placement!r}")
 
     def build(self, *args: Any, **kwargs: Any) -> nn.Module:
         self.check_keywords(kwargs)

@@ -82,7 +82,7 @@ class BamSpatialAttention(nn.Module):
         return self.body(x)
 
 
-@register_attn("bam", paper="Park et al. 2018, BAM", family="channel",
+@register_attn("bam", paper="Park et al. 2018, BAM", family="channel", placement="stage",
                description="BAM: channel MLP (BN, no gate) x dilated-conv spatial map, X * (1 + sigmoid(.))")
 class BottleneckAttention(Recordable, nn.Module):
     """BAM (eq. 5.1-5.3): ``x * (1 + sigmoid(a' * A'))``.

@@ -128,7 +128,7 @@ class ExpertConv2d(Recordable, nn.Module):
                 f"groups={self.groups}, bias={self.bias is not None}, num_experts={self.num_experts}")
 
 
-@register_attn("condconv", paper="Yang et al. 2019, CondConv", family="branch", conv_like=True,
+@register_attn("condconv", paper="Yang et al. 2019, CondConv", family="branch", conv_like=True, every_conv=True,
                description="CondConv: per-sample kernel, a sigmoid-routed mixture of n expert kernels",
                variants=({"out_channels": 64, "stride": 2, "groups": 4, "bias": True},))
 class CondConv2d(ExpertConv2d):

@@ -30,7 +30,7 @@ def check_temperature(value: object, name: str = "temperature") -> float:
     return float(value)
 
 
-@register_attn("dynamic_conv", paper=_PAPER, family="branch", conv_like=True,
+@register_attn("dynamic_conv", paper=_PAPER, family="branch", conv_like=True, every_conv=True,
                description="dynamic convolution: per-sample kernel, a temperature-softmax mixture of experts",
                variants=({"out_channels": 64, "stride": 2, "dilation": 2, "bias": True, "temperature": 1.0},))
 class DynamicConv2d(ExpertConv2d):

@@ -41,7 +41,7 @@ CONV_INIT_STD = 0.01  # the official code's NONLOCAL.CONV_INIT_STD
 
 
 @register_attn("non_local", paper="Wang et al. 2018, Non-local Neural Networks (eq. 1, 3, 6; fig. 2)",
-               family="self-attention",
+               family="self-attention", placement="after",
                description="Non-local block (embedded Gaussian): softmax(theta^T phi) g at C/2, W_z + zero-init BN, "
                            "residual; 2x2 max-pool subsampling of phi and g",
                variants=({"sub_sample": False, "zero_init": False},

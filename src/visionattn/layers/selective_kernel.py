@@ -74,7 +74,8 @@ class SKAttention(nn.Module):
         return logits.view(b, self.num_paths, c, 1, 1).softmax(dim=1)  # eq. 7.6: over the paths, per channel
 
 
-@register_attn("sk", paper=_PAPER, family="branch", conv_like=True, min_channels=32,
+@register_attn("sk", paper=_PAPER, family="branch", conv_like=True, min_channels=32, own_norm_act=True,
+               unit_layout=True,
                description="selective kernel: dilated 3x3 paths mixed per channel by a softmax",
                variants=({"out_channels": 64, "stride": 2}, {"groups": 8, "num_branches": 3},
                          {"groups": 1, "split_input": True}))

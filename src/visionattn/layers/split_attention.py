@@ -45,7 +45,7 @@ def split_attention_width(channels: int, radix: int, groups: int, rd_ratio: floa
     return check_groups(groups, rd_channels=check_positive_int("rd_channels", rd_channels))
 
 
-@register_attn("splat", paper=_PAPER, family="branch", conv_like=True,
+@register_attn("splat", paper=_PAPER, family="branch", conv_like=True, own_norm_act=True,
                description="split attention (ResNeSt): radix branches, softmax within each cardinal group",
                variants=({"out_channels": 64, "stride": 2}, {"groups": 2, "radix": 4, "dilation": 2}))
 class SplitAttention(Recordable, nn.Module):
@@ -137,7 +137,8 @@ class SplitAttention(Recordable, nn.Module):
         return (a * u).sum(dim=1)  # eq. 7.7
 
 
-@register_attn("splat0", paper=_PAPER, family="branch", conv_like=True, variants=({"radix": 1},),
+@register_attn("splat0", paper=_PAPER, family="branch", conv_like=True, own_norm_act=True,
+               variants=({"radix": 1},),
                description="SplAt-0: split attention without cardinal groups (radix branches, one softmax)")
 class SplitAttention0(SplitAttention):
     """SplAt-0 (section 8): :class:`SplitAttention` with one cardinal group; softmax over r branches.

@@ -18,7 +18,9 @@ A network takes one layer name (``attn="se"``) and an :class:`AttnPlug` says whe
 ``every`` to every n-th block of them (blocks n, 2n, ... counting from 1; the non-local ResNet-50: every other
 block of stages 2 and 3, the official code's ``i % 2 == 1``); elsewhere the network stays plain.
 
-The plug is the only place that knows these rules; the blocks ask it for their pieces. It also checks the
+Which of these a layer takes is said where it is registered (:class:`~visionattn.registry.Entry`: ``placement``,
+``conv_like``, ``own_norm_act``, ``unit_layout``, ``every_conv``), so a layer registered outside this package is
+placed by the same rules; the plug is the only place that applies them, and the blocks ask it for their pieces. It also checks the
 layer's keyword arguments before anything is built: an unknown keyword gets a "did you mean", and a keyword the
 network sets for every layer itself (``channels``; ``out_channels``, ``stride``, ``groups`` and ``kernel_size``
 of a replaced convolution) is refused rather than silently overridden.
@@ -34,23 +36,12 @@ from typing import Any
 from torch import nn
 
 from visionattn.errors import UsageError, check_choice
+from visionattn.registry import PLACEMENTS as LAYER_PLACEMENTS
 from visionattn.registry import create_attn, get_attn_entry
 
 __all__ = ["AttnPlug", "PLACEMENTS", "conv2d", "init_conv"]
 
-PLACEMENTS = ("block", "stage", "after", "conv")
-# BAM's paper puts it at the bottlenecks between stages, not in every block.
-_STAGE_END = frozenset({"bam"})
-# the non-local block goes after a residual block, on its output
-_AFTER_BLOCK = frozenset({"non_local"})
-# these carry their own BN + ReLU after the convolution (SK eq. 7.1, SplAt eq. 8.1)
-_OWN_NORM_ACT = frozenset({"sk", "splat", "splat0"})
-# blocks with these are laid out as timm's SKNet (each convolution a unit with .conv / .bn), not flat
-_UNIT_LAYOUT = frozenset({"sk"})
-# these replace every convolution of the residual branch, not only the kxk one
-_EVERY_CONV = frozenset({"condconv", "dynamic_conv"})
-
-
+PLACEMENTS = (*LAYER_PLACEMENTS, "conv")  # a registered layer's own placements, and in place of a convolution
 # what the plug passes to every layer it builds, so a user's value would be overridden without a word
 _SET_BY_NETWORK = frozenset({"channels"})
 _SET_IN_PLACE_OF_CONV = frozenset({"out_channels", "stride", "groups"})
@@ -82,12 +73,10 @@ def _check_layer_kwargs(name: str, kwargs: Mapping[str, Any], argument: str, res
 
 
 def default_placement(name: str) -> str:
-    """Where the paper of layer ``name`` puts it: ``"conv"``, ``"stage"`` or ``"block"``."""
-    if get_attn_entry(name).conv_like:
-        return "conv"
-    if name in _STAGE_END:
-        return "stage"
-    return "after" if name in _AFTER_BLOCK else "block"
+    """Where the paper of layer ``name`` puts it: ``"conv"`` for a conv-like layer, else its registry entry's
+    ``placement`` (``"block"``, ``"stage"`` or ``"after"``)."""
+    entry = get_attn_entry(name)
+    return "conv" if entry.conv_like else entry.placement
 
 
 @dataclass(frozen=True)
@@ -215,7 +204,7 @@ class AttnPlug:
         """Whether the plug takes the place of a ``kernel_size`` convolution (followed by an activation?)."""
         if self.where != "conv":
             return False
-        if self.name in _EVERY_CONV:
+        if get_attn_entry(self.name).every_conv:
             return True
         return kernel_size > 1 and act
 
@@ -223,7 +212,7 @@ class AttnPlug:
     def layout(self) -> str:
         """How a block names its convolutions: ``"units"`` (``conv1.conv``, ``conv1.bn``: timm's SKNet layout)
         for SK, ``"flat"`` (``conv1``, ``bn1``: torchvision's and timm's ResNet layout) for everything else."""
-        return "units" if self.name in _UNIT_LAYOUT else "flat"
+        return "units" if self.name is not None and get_attn_entry(self.name).unit_layout else "flat"
 
     def conv(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
              act: bool = True, in_size: tuple[int, int] | None = None) -> tuple[nn.Module, bool]:
@@ -245,7 +234,7 @@ class AttnPlug:
             raise UsageError(f"attn_kwargs: 'kernel_size' is set by the network for every {self.name!r} layer "
                              f"(the kernel of the convolution it replaces); leave it out")
         layer = self._build(in_chs, in_size, **extra)
-        return layer, self.name in _OWN_NORM_ACT
+        return layer, get_attn_entry(self.name).own_norm_act
 
     def replacement_kwargs(self, out_chs: int, kernel_size: int, stride: int, groups: int) -> dict[str, Any]:
         """What the layer in place of a convolution is told about it (its width, kernel, stride, groups)."""
