@@ -44,7 +44,13 @@ from torch import nn
 
 from visionattn.errors import UsageError, check_positive
 from visionattn.layers.attention_core import Attention
-from visionattn.layers.helpers import check_bool, check_feature_map, check_positive_int, make_divisible
+from visionattn.layers.helpers import (
+    cache_unless_compiling,
+    check_bool,
+    check_feature_map,
+    check_positive_int,
+    make_divisible,
+)
 from visionattn.layers.relative_position import RelativePositionLogits2d
 from visionattn.registry import register_attn
 
@@ -66,6 +72,12 @@ def halo_windows(x: torch.Tensor, block_size: int, halo_size: int) -> torch.Tens
     x = F.pad(x, (halo_size, halo_size + pad_w, halo_size, halo_size + pad_h))
     win = block_size + 2 * halo_size
     return x.unfold(2, win, block_size).unfold(3, win, block_size)
+
+
+@cache_unless_compiling(8)
+def _key_mask(height: int, width: int, block_size: int, halo_size: int, device: torch.device) -> torch.Tensor:
+    real = halo_windows(torch.ones(1, 1, height, width, device=device), block_size, halo_size)
+    return rearrange(real > 0.5, "1 1 y x i j -> (y x) 1 1 (i j)")
 
 
 @register_attn("halo", paper=_PAPER, family="self-attention", conv_like=True, min_channels=8,
@@ -158,9 +170,9 @@ class HaloAttention2d(nn.Module):
             nn.init.trunc_normal_(table, std=self.dim_head_qk ** -0.5)
 
     def key_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        """(n_blocks, 1, 1, w^2) boolean: which keys of each block's window are pixels of the H x W map."""
-        real = halo_windows(torch.ones(1, 1, height, width, device=device), self.block_size, self.halo_size)
-        return rearrange(real > 0.5, "1 1 y x i j -> (y x) 1 1 (i j)")
+        """(n_blocks, 1, 1, w^2) boolean: which keys of each block's window are pixels of the H x W map (the same
+        cached tensor for every call at this size: do not modify it)."""
+        return _key_mask(height, width, self.block_size, self.halo_size, torch.device(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_feature_map(x, self.in_channels, type(self).__name__)
