@@ -208,3 +208,19 @@ def test_wrong_input_channels_raise_a_value_error():
     model = visionattn.create_model("resnet20")
     with pytest.raises(ValueError, match="in_chans"):
         model(torch.randn(1, 3, 28, 28))
+
+
+def test_a_block_class_of_ones_own():
+    """``block`` takes a class: a subclass of the library's block keeps the plug's placements."""
+    class ScaledBlock(BasicBlock):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 0.5 * super().forward(x)
+
+    model = ResNet(ScaledBlock, (1, 1), (8, 16), num_classes=3, small_input=True, attn="se").eval()
+    assert [type(m) for m in (model.layer1[0], model.layer2[0])] == [ScaledBlock, ScaledBlock]
+    assert type(model.layer1[0].se).__name__ == "SqueezeExcite"
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    with pytest.raises(UsageError, match=r"block: got 3, needed one of basic, bottleneck or an nn.Module"):
+        ResNet(3, (1,), (8,))
+    with pytest.raises(UsageError, match="block: got 'basik'.*did you mean 'basic'"):
+        ResNet("basik", (1,), (8,))

@@ -41,11 +41,26 @@ from visionattn.models.pretrained import (
 __all__ = ["ResNet"]
 
 
+def _block_class(block: str | type[nn.Module]) -> type[nn.Module]:
+    """The block class ``block`` names (:data:`~visionattn.models.blocks.BLOCKS`), or ``block`` itself when it is
+    a module class."""
+    if isinstance(block, type) and issubclass(block, nn.Module):
+        return block
+    if not isinstance(block, str):
+        raise UsageError(f"block: got {block!r}, needed one of {', '.join(sorted(BLOCKS))} or an nn.Module "
+                         "subclass built as a residual block")
+    check_choice("block", block, sorted(BLOCKS))
+    return BLOCKS[block]
+
+
 class ResNet(nn.Module):
     """A ResNet with an attention plug: stem, stages of residual blocks, global pool and classifier.
 
     Args:
-        block: ``"basic"`` (two 3x3) or ``"bottleneck"`` (1x1-3x3-1x1, expansion 4).
+        block: ``"basic"`` (two 3x3) or ``"bottleneck"`` (1x1-3x3-1x1, expansion 4), or a block class of your
+            own, built as ``block(in_chs, planes, stride, feat_size=, in_size=, groups=, base_width=, plug=,
+            avg_down=, avd=, stride_in_1x1=, act_layer=)`` with an ``out_channels`` attribute (subclass
+            :class:`~visionattn.models.blocks.BasicBlock` or ``Bottleneck`` to keep the plug's placements).
         layers: blocks per stage, e.g. ``(3, 4, 6, 3)`` for ResNet-50, ``(3, 3, 3)`` for ResNet-20.
         widths: nominal width (planes) of each stage; default ``(64, 128, 256, 512)``. The first stage keeps
             the resolution, every later one halves it.
@@ -91,7 +106,7 @@ class ResNet(nn.Module):
         - Output: (B, num_classes), or (B, num_features) when ``num_classes`` = 0
     """
 
-    def __init__(self, block: str = "bottleneck", layers: Sequence[int] = (3, 4, 6, 3),
+    def __init__(self, block: str | type[nn.Module] = "bottleneck", layers: Sequence[int] = (3, 4, 6, 3),
                  widths: Sequence[int] = (64, 128, 256, 512), num_classes: int = 1000, in_chans: int = 3,
                  img_size: int | tuple[int, int] = 224, groups: int = 1, base_width: int = 64,
                  stem_type: str = "basic", stem_width: int = 64, small_input: bool = False,
@@ -102,7 +117,7 @@ class ResNet(nn.Module):
                  attn_stages: Sequence[int] | None = None, attn_every: int | Sequence[int] = 1,
                  act_layer: LayerSpec = "relu") -> None:
         super().__init__()
-        check_choice("block", block, sorted(BLOCKS))
+        block_cls = _block_class(block)
         for name, values in (("layers", layers), ("widths", widths)):
             if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence):
                 raise UsageError(f"{name} must be a sequence of ints, one per stage, got {values!r}")
@@ -134,7 +149,7 @@ class ResNet(nn.Module):
         block_kwargs = {"groups": groups, "base_width": base_width, "plug": plug, "avg_down": avg_down,
                         "avd": avd, "stride_in_1x1": stride_in_1x1, "act_layer": act_layer}
         self.num_stages = len(layers)
-        self._make_stages(BLOCKS[block], layers, widths, plug, block_kwargs)
+        self._make_stages(block_cls, layers, widths, plug, block_kwargs)
         self.num_features = self.feature_info[-1]["num_chs"]
         self.global_pool = GlobalAvgPool()
         self.drop = nn.Dropout(drop_rate)
