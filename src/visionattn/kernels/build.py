@@ -78,5 +78,5 @@ def load_kernel(name: str) -> ModuleType | None:
     except Exception as err:  # a missing compiler or ninja shows up as several exception types
         warnings.warn(f"visionattn could not build its C++ kernel {name!r} ({type(err).__name__}: "
                       f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}); falling back to the "
-                      f"slow pure-PyTorch reference", RuntimeWarning, stacklevel=2)
+                      f"slower pure-PyTorch path", RuntimeWarning, stacklevel=2)
         return None
