@@ -16,7 +16,7 @@
 //
 // One task is one (sequence, block): its logits are an l x (G + l - own) matrix, made by two matrix products
 // (summaries, own block); then a softmax per row (the forward keeps only its log-sum-exp, as flash attention does)
-// and two products for the output. The backward rebuilds P from the log-sum-exp:
+// and two products for the output, whose rows are divided by the softmax sums (fewer values than the weights). The backward rebuilds P from the log-sum-exp:
 //   dP = dO V^T,  D = rowsum(dO * O),  dS = P (dP - D),
 //   dq = scale dS K,  dk = scale dS^T q,  dv = P^T dO
 // (ten products per task). The own block's dk and dv belong to the task alone; the summaries' are summed over
@@ -109,14 +109,33 @@ struct Geometry {
 
 // ---- softmax rows: base-2 logits x (scale * log2 e folded into the products); float by 8 lanes ----
 
-// Row of `valid` logits (then zeros up to `width`) -> probabilities; returns the base-2 log-sum-exp (-inf for
-// an empty row).
+// The largest of a row's `valid` (> 0) logits.
 template <typename T>
-T softmax_row(T* x, int64_t valid, int64_t width) {
-  std::fill(x + valid, x + width, T(0));
-  if (valid == 0) return -std::numeric_limits<T>::infinity();
+T row_max(const T* x, int64_t valid) {
   T top = x[0];
-  for (int64_t t = 1; t < valid; ++t) top = std::max(top, x[t]);
+  int64_t t = 1;
+  if constexpr (std::is_same_v<T, float>) {
+    if (valid >= 8) {
+      vec::v8 m = vec::ld(x);
+      for (t = 8; t + 8 <= valid; t += 8) {
+        const vec::v8 v = vec::ld(x + t);
+        m = m > v ? m : v;
+      }
+      for (int lane = 0; lane < 8; ++lane) top = std::max(top, m[lane]);
+    }
+  }
+  for (; t < valid; ++t) top = std::max(top, x[t]);
+  return top;
+}
+
+// Row of `valid` base-2 logits (then zeros up to `width`) -> 2^(x - max), not yet divided by their sum (the
+// forward divides the output row instead, l x dv values rather than l x keys); returns the base-2 log-sum-exp
+// and 1 / sum (-inf and 0 for an empty row).
+template <typename T>
+std::pair<T, T> exp_row(T* x, int64_t valid, int64_t width) {
+  std::fill(x + valid, x + width, T(0));
+  if (valid == 0) return {-std::numeric_limits<T>::infinity(), T(0)};
+  const T top = row_max(x, valid);
   T sum = 0;
   int64_t t = 0;
   if constexpr (std::is_same_v<T, float>) {
@@ -129,9 +148,7 @@ T softmax_row(T* x, int64_t valid, int64_t width) {
     sum = vec::hsum(acc);
   }
   for (; t < valid; ++t) sum += (x[t] = std::exp2(x[t] - top));
-  const T inv = T(1) / sum;
-  for (t = 0; t < valid; ++t) x[t] *= inv;
-  return top + std::log2(sum);
+  return {top + std::log2(sum), T(1) / sum};
 }
 
 // Row of `valid` base-2 logits -> 2^(x - lse2), zeros beyond (the forward's probabilities, rebuilt).
@@ -199,18 +216,23 @@ void forward_impl(const Geometry& g, const T* q, const T* k, const T* v, const T
                   T* lse) {
   const int64_t tasks = g.N * g.m, n = g.n(), sc = g.m * g.c;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> S(g.l * g.width);
+    std::vector<T> S(g.l * g.width), inv(g.l);
     for (int64_t t = begin; t < end; ++t) {
       const auto [i, b] = g.task(t);
       const int64_t G = g.summaries(b), K = g.keys(b), row0 = i * n + b * g.l;
       const T* kb = k + row0 * g.d;
       logits<T>(g, b, q + row0 * g.d, ks + i * sc * g.d, kb, S.data());
-      for (int64_t s = 0; s < g.l; ++s)
-        lse[row0 + s] = softmax_row<T>(S.data() + s * K, g.valid(b, s), K) * static_cast<T>(std::log(2.0));
+      for (int64_t s = 0; s < g.l; ++s) {
+        const auto [lse2, inverse] = exp_row<T>(S.data() + s * K, g.valid(b, s), K);
+        lse[row0 + s] = lse2 * static_cast<T>(std::log(2.0));
+        inv[s] = inverse;
+      }
       T* ob = out + row0 * g.dv;
       gemm<T>(false, false, g.l, g.dv, G, T(1), S.data(), K, vs + i * sc * g.dv, g.dv, T(0), ob, g.dv);
       gemm<T>(false, false, g.l, g.dv, g.l - g.own, T(1), S.data() + G, K, v + (row0 + g.own) * g.dv, g.dv,
               G > 0 ? T(1) : T(0), ob, g.dv);
+      for (int64_t s = 0; s < g.l; ++s)
+        for (int64_t x = 0; x < g.dv; ++x) ob[s * g.dv + x] *= inv[s];
     }
   });
 }

@@ -20,10 +20,10 @@ block of stages 2 and 3, the official code's ``i % 2 == 1``); elsewhere the netw
 
 Which of these a layer takes is said where it is registered (:class:`~visionattn.registry.Entry`: ``placement``,
 ``conv_like``, ``own_norm_act``, ``unit_layout``, ``every_conv``), so a layer registered outside this package is
-placed by the same rules; the plug is the only place that applies them, and the blocks ask it for their pieces. It also checks the
-layer's keyword arguments before anything is built: an unknown keyword gets a "did you mean", and a keyword the
-network sets for every layer itself (``channels``; ``out_channels``, ``stride``, ``groups`` and ``kernel_size``
-of a replaced convolution) is refused rather than silently overridden.
+placed by the same rules; the plug is the only place that applies them, and the blocks ask it for their pieces. It
+also checks the layer's keyword arguments before anything is built: an unknown keyword gets a "did you mean", and a
+keyword the network sets for every layer itself (``channels``; ``out_channels``, ``stride``, ``groups`` and
+``kernel_size`` of a replaced convolution) is refused rather than silently overridden.
 """
 
 from __future__ import annotations
