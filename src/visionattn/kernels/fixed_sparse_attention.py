@@ -47,7 +47,7 @@ def use_blas(on: bool) -> bool:
 def _fwd(q: Tensor, k: Tensor, v: Tensor, stride: int, summary: int, own: int,
          scale: float) -> tuple[Tensor, Tensor]:
     out, lse = _ext().forward(q.contiguous(), k.contiguous(), v.contiguous(), stride, summary, own, scale)
-    return out, lse
+    return out, lse  # (fixed_sparse_attention passes contiguous tensors: these calls copy nothing there)
 
 
 @_fwd.register_fake
@@ -118,5 +118,6 @@ def fixed_sparse_attention(q: Tensor, k: Tensor, v: Tensor, stride: int, summary
     """
     dtype = q.dtype
     compute = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    out, _ = _fwd(q.to(compute), k.to(compute), v.to(compute), stride, summary, own, float(scale))
+    q, k, v = (t.to(compute).contiguous() for t in (q, k, v))  # once: the op and its saved inputs share them
+    out, _ = _fwd(q, k, v, stride, summary, own, float(scale))
     return out.to(dtype)
